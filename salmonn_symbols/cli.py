@@ -1,0 +1,141 @@
+"""The ``salmonn-symbols`` command.
+
+    salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
+    salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
+    salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
+    salmonn-symbols bench                                              time quantization and discovery
+    salmonn-symbols demo                                               the end-to-end demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    labels = list(args.labels or [])
+    if args.labels_file:
+        text = Path(args.labels_file).read_text("utf-8")
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError:
+            loaded = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if not isinstance(loaded, list) or not all(isinstance(x, str) for x in loaded):
+            raise SystemExit(f"{args.labels_file}: expected a JSON list of strings or one label per line")
+        labels += loaded
+    if not labels:
+        raise SystemExit("generate-symbols: give --labels or --labels-file")
+    return labels
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .io import atomic_write_json
+    from .symbols import SymbolBook, SymbolTokenizer
+    from .tokenizer_builders import load_tokenizer
+
+    tok = SymbolTokenizer(load_tokenizer(args.tokenizer))
+    book = SymbolBook.create(_labels(args), tok, seed=args.seed, n_tokens=args.n_tokens,
+                             max_attempts=args.max_attempts, style=args.style)
+    out = {"seed": args.seed, "tokenizer": args.tokenizer, "mapping": book.mapping,
+           "token_ids": book.token_ids(tok)}
+    if args.out:
+        atomic_write_json(args.out, out)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .symbols import validate_discovery_dir
+
+    for p in validate_discovery_dir(args.path):
+        print(f"ok  {p}")
+    return 0
+
+
+def _cmd_evolution(args: argparse.Namespace) -> int:
+    from .io import read_json
+    from .symbols import discovery_paths, read_evolution
+
+    evo = read_evolution(args.path)
+    if not evo:
+        raise SystemExit(f"{args.path}: no cycle_N_symbols.json files")
+    first = read_json(discovery_paths(args.path, evo[0][0])[1])
+    start = {c["original_label"]: c["current_symbol"] for c in first["symbol_changes"]}
+    header = ["label", f"before {evo[0][0]}"] + [f"cycle {c}" for c, _ in evo]
+    rows = [[lab, start[lab]] + [m.get(lab, "?") for _, m in evo] for lab in start]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the tool commands."""
+    p = argparse.ArgumentParser(prog="salmonn-symbols", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate-symbols", help="draw random 2-token symbols for a label set")
+    g.add_argument("--tokenizer", required=True, help="local HF tokenizer folder, or builtin:gpt2 / builtin:tiny")
+    g.add_argument("--labels", nargs="*", help="label words")
+    g.add_argument("--labels-file", help="JSON list or one label per line")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n-tokens", type=int, default=2)
+    g.add_argument("--max-attempts", type=int, default=200_000)
+    g.add_argument("--style", choices=["pronounceable", "uniform"], default="pronounceable")
+    g.add_argument("--out", help="also write the mapping to this JSON file")
+    g.set_defaults(func=_cmd_generate)
+
+    v = sub.add_parser("validate-discovery", help="check cycle_N_*.json files against their schemas")
+    v.add_argument("path", help="a run's discovery/ folder")
+    v.set_defaults(func=_cmd_validate)
+
+    e = sub.add_parser("show-evolution", help="print how each label's symbol changed across cycles")
+    e.add_argument("path", help="a run's discovery/ folder")
+    e.set_defaults(func=_cmd_evolution)
+
+    b = sub.add_parser("bench", help="time soft quantization and discovery over a full vocabulary")
+    from .bench import add_bench_args
+
+    add_bench_args(b)
+    b.set_defaults(func=_cmd_bench)
+
+    d = sub.add_parser("demo", help="run the end-to-end demo on the built-in tiny setup")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``salmonn-symbols``; errors in user input exit with status 2 and a one-line message."""
+    from .symbols import SymbolGenerationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError, SymbolGenerationError) as e:
+        print(f"salmonn-symbols {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
