@@ -47,8 +47,11 @@ def _time(fn, iters: int, device: torch.device) -> float:
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Runs the benchmark described by ``args`` (see `add_bench_args`) and returns the figures."""
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     iters = args.iters or (20 if device.type == "cuda" else 3)
     g = torch.Generator(device=device).manual_seed(0)
@@ -74,7 +77,10 @@ def run_bench(args: argparse.Namespace) -> dict:
 
     res = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "vocab_size": args.vocab_size, "dim": args.dim, "positions": args.positions, "dtype": args.dtype,
+        "vocab_size": args.vocab_size,
+        "dim": args.dim,
+        "positions": args.positions,
+        "dtype": args.dtype,
         "iters": iters,
         "codebook_refresh_ms": 1e3 * _time(refresh, iters, device),
         "soft_quantize_fwd_bwd_ms": 1e3 * _time(step, iters, device),

@@ -1,10 +1,10 @@
 """The ``salmonn-symbols`` command.
 
-    salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
-    salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
-    salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
-    salmonn-symbols bench                                              time quantization and discovery
-    salmonn-symbols demo                                               the end-to-end demo
+salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
+salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
+salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
+salmonn-symbols bench                                              time quantization and discovery
+salmonn-symbols demo                                               the end-to-end demo
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .tokenizer_builders import load_tokenizer
 
     tok = SymbolTokenizer(load_tokenizer(args.tokenizer))
-    book = SymbolBook.create(_labels(args), tok, seed=args.seed, n_tokens=args.n_tokens,
-                             max_attempts=args.max_attempts, style=args.style)
-    out = {"seed": args.seed, "tokenizer": args.tokenizer, "mapping": book.mapping,
-           "token_ids": book.token_ids(tok)}
+    book = SymbolBook.create(
+        _labels(args), tok, seed=args.seed, n_tokens=args.n_tokens, max_attempts=args.max_attempts, style=args.style
+    )
+    out = {"seed": args.seed, "tokenizer": args.tokenizer, "mapping": book.mapping, "token_ids": book.token_ids(tok)}
     if args.out:
         atomic_write_json(args.out, out)
     print(json.dumps(out, indent=2))
@@ -67,7 +67,8 @@ def _cmd_evolution(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.path}: no cycle_N_symbols.json files")
     first = read_json(discovery_paths(args.path, evo[0][0])[1])
     start = {c["original_label"]: c["current_symbol"] for c in first["symbol_changes"]}
-    header = ["label", f"before {evo[0][0]}"] + [f"cycle {c}" for c, _ in evo]
+    # the first file's current symbols are the mapping its cycle started from
+    header = ["label", f"cycle{evo[0][0] - 1}"] + [f"cycle{c}" for c, _ in evo]
     rows = [[lab, start[lab]] + [m.get(lab, "?") for _, m in evo] for lab in start]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
@@ -90,8 +91,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool commands."""
-    p = argparse.ArgumentParser(prog="salmonn-symbols", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="salmonn-symbols", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate-symbols", help="draw random 2-token symbols for a label set")

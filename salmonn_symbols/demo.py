@@ -77,8 +77,10 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 300) -> int:
     book.update(final_mapping(changes), cycle=1, source="discovered")
     print("\ncycle 1 symbols:", book.mapping)
     for c in changes:
-        print(f"  {c.original_label:6s} {c.current_symbol:6s} -> {c.discovered_symbol:8s} {c.change_type:9s} "
-              f"sim={c.similarity:.2f} ({c.confidence})")
+        print(
+            f"  {c.original_label:6s} {c.current_symbol:6s} -> {c.discovered_symbol:8s} {c.change_type:9s} "
+            f"sim={c.similarity:.2f} ({c.confidence})"
+        )
     for p in validate_discovery_dir(disc):
         print(f"schema ok: {p}")
     return 0

@@ -52,8 +52,13 @@ def build_tiny_llama_tokenizer(vocab_size: int = 2000, texts: Iterable[str] | No
     )
     tok.train_from_iterator(list(texts) if texts is not None else tiny_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
-        add_bos_token=False, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        add_bos_token=False,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -66,8 +71,11 @@ def whisper_gpt2_tokenizer() -> PreTrainedTokenizerFast:
     backend = TikTokenConverter(vocab_file=path, pattern=_GPT2_PATTERN).converted()
     backend.add_special_tokens(["<|endoftext|>"])
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
     )
 
 

@@ -30,8 +30,12 @@ def words(llama_sym):
     out = []
     for w in sorted(english_words()):
         ids = llama_sym.word_ids(w)
-        if len(ids) == 2 and llama_sym.round_trip(ids) == w and llama_sym.is_word_initial(ids[0]) \
-                and not llama_sym.is_word_initial(ids[1]):
+        if (
+            len(ids) == 2
+            and llama_sym.round_trip(ids) == w
+            and llama_sym.is_word_initial(ids[0])
+            and not llama_sym.is_word_initial(ids[1])
+        ):
             out.append(w)
     assert len(out) > 50
     return out
@@ -77,8 +81,9 @@ def test_discovers_the_word_the_embeddings_point_to(setup, llama_sym, llama_voca
     tokens, changes = discover_symbols(book, llama_sym, x, cb, masks)
     beta = changes[1]
     assert beta.change_type == "CHANGED" and beta.discovered_symbol == words[0]
-    assert beta.token_mapping == {str(a): b for a, b in zip(llama_sym.word_ids(book.mapping["beta"]), target,
-                                                             strict=True)}
+    assert beta.token_mapping == {
+        str(a): b for a, b in zip(llama_sym.word_ids(book.mapping["beta"]), target, strict=True)
+    }
     assert beta.confidence == "high" and beta.similarity > 0.99
     beta_tokens = [t for t in tokens if t.label == "beta"]
     assert [t.discovered_token_id for t in beta_tokens] == target
@@ -129,11 +134,12 @@ def test_one_to_one_collision_goes_to_next_best(setup, llama_sym, llama_vocab, w
     w1, w2 = words[2], words[3]
     a, b = llama_sym.word_ids(w1), llama_sym.word_ids(w2)
     x = _transformed_for(book, llama_sym, llama_vocab, {"alpha": a, "gamma": a})
-    rows = {lab: [i for i, (l2, _, _) in enumerate(symbol_token_table(book, llama_sym)) if l2 == lab]
-            for lab in LABELS}
+    rows = {lab: [i for i, (l2, _, _) in enumerate(symbol_token_table(book, llama_sym)) if l2 == lab] for lab in LABELS}
     # gamma points mostly at w1 but also at w2: after the collision, w2 is its best valid choice
-    x[rows["gamma"]] = _unit(0.8 * llama_vocab[a] / llama_vocab[a].norm(dim=-1, keepdim=True)
-                             + 0.6 * llama_vocab[b] / llama_vocab[b].norm(dim=-1, keepdim=True))
+    x[rows["gamma"]] = _unit(
+        0.8 * llama_vocab[a] / llama_vocab[a].norm(dim=-1, keepdim=True)
+        + 0.6 * llama_vocab[b] / llama_vocab[b].norm(dim=-1, keepdim=True)
+    )
     _, changes = discover_symbols(book, llama_sym, x, cb, masks)
     got = final_mapping(changes)
     assert got["alpha"] == w1  # the more confident label keeps the contested word
@@ -160,8 +166,9 @@ def test_label_words_are_never_discovered(llama_sym, llama_vocab):
     book = SymbolBook.create(labels, llama_sym, seed=2)
     masks = build_candidate_masks(llama_sym, llama_vocab.shape[0], labels)
     target = llama_sym.word_ids("there")
-    x = torch.cat([_toward(llama_vocab, target + target[:1])[:2], _toward(llama_vocab, llama_sym.word_ids(
-        book.mapping["about"]))])
+    x = torch.cat(
+        [_toward(llama_vocab, target + target[:1])[:2], _toward(llama_vocab, llama_sym.word_ids(book.mapping["about"]))]
+    )
     tokens, changes = discover_symbols(book, llama_sym, x, Codebook(llama_vocab), masks)
     assert all(t.discovered_token_id not in target for t in tokens)
     assert all(c.discovered_symbol not in labels for c in changes)
@@ -220,8 +227,14 @@ def test_manual_override(setup, llama_sym, llama_vocab, tmp_path, words):
 
 def test_confidence_bands():
     cfg = DiscoveryConfig()
-    assert [confidence_band(s, cfg) for s in (0.1, 0.3, 0.49, 0.5, 0.8, 0.81)] == \
-        ["none", "low", "low", "medium", "medium", "high"]
+    assert [confidence_band(s, cfg) for s in (0.1, 0.3, 0.49, 0.5, 0.8, 0.81)] == [
+        "none",
+        "low",
+        "low",
+        "medium",
+        "medium",
+        "high",
+    ]
 
 
 def test_written_files_are_schema_valid_and_atomic(setup, llama_sym, llama_vocab, words, tmp_path):
@@ -229,8 +242,7 @@ def test_written_files_are_schema_valid_and_atomic(setup, llama_sym, llama_vocab
     x = _transformed_for(book, llama_sym, llama_vocab, {"beta": llama_sym.word_ids(words[0])})
     tokens, changes = discover_symbols(book, llama_sym, x, cb, masks)
     tok_path, sym_path = write_discovery(tmp_path / "discovery", 1, tokens, changes)
-    assert sorted(p.name for p in (tmp_path / "discovery").iterdir()) == ["cycle_1_symbols.json",
-                                                                          "cycle_1_tokens.json"]
+    assert sorted(p.name for p in (tmp_path / "discovery").iterdir()) == ["cycle_1_symbols.json", "cycle_1_tokens.json"]
     assert validate_discovery_dir(tmp_path / "discovery") == [sym_path, tok_path]
     tok, sym = json.loads(tok_path.read_text()), json.loads(sym_path.read_text())
     assert tok["total_tokens"] == 8 and tok["changed_tokens"] == 2
@@ -239,7 +251,8 @@ def test_written_files_are_schema_valid_and_atomic(setup, llama_sym, llama_vocab
     seed_fields = {"original_token_id", "original_text", "discovered_token_id", "discovered_text", "similarity"}
     assert seed_fields <= set(tok["discoveries"][0])
     assert {"original_label", "current_symbol", "discovered_symbol", "change_type", "token_mapping"} <= set(
-        sym["symbol_changes"][0])
+        sym["symbol_changes"][0]
+    )
     # a file with a wrong field fails validation, naming the file and the field
     bad = dict(sym)
     bad["symbol_changes"] = [dict(sym["symbol_changes"][0], change_type="MAYBE")]

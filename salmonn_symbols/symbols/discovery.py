@@ -71,7 +71,7 @@ class DiscoveryConfig:
 
 
 def confidence_band(similarity: float, cfg: DiscoveryConfig) -> str:
-    """"none" below the threshold, then "low", "medium" (up to ``high_at`` inclusive) and "high"."""
+    """ "none" below the threshold, then "low", "medium" (up to ``high_at`` inclusive) and "high"."""
     if similarity < cfg.threshold:
         return "none"
     if similarity < cfg.medium_at:
@@ -205,14 +205,16 @@ def discover_symbols(
     candidates: dict[str, list[Candidate]] = {}
     reasons: dict[str, str] = {}
     for lab in book.labels:
-        candidates[lab], reasons[lab] = _label_candidates(lab, rows[lab], table, top_sims, top_ids, cos_all, book,
-                                                          tokenizer, cfg)
+        candidates[lab], reasons[lab] = _label_candidates(
+            lab, rows[lab], table, top_sims, top_ids, cos_all, book, tokenizer, cfg
+        )
         if rescore is not None:
             _rescore(lab, candidates[lab], rescore, cfg.rescore_top)
 
     chosen = _assign(book, candidates, dict(override or {}))
-    changes = [_symbol_change(lab, chosen[lab], candidates[lab], reasons[lab], book, override or {})
-               for lab in book.labels]
+    changes = [
+        _symbol_change(lab, chosen[lab], candidates[lab], reasons[lab], book, override or {}) for lab in book.labels
+    ]
     tokens = _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cfg)
     return tokens, changes
 
@@ -236,8 +238,15 @@ def _label_candidates(lab, rows, table, top_sims, top_ids, cos_all, book, tokeni
             out.append(Candidate(book.mapping[lab], ids, score))
         else:
             word = tokenizer.round_trip(ids)
-            why = ("round_trip" if word is None else "label_word" if word.casefold() in label_words
-                   else "unstable" if _flips(history + [ids], cfg.stability_window) > cfg.max_flips else "")
+            why = (
+                "round_trip"
+                if word is None
+                else "label_word"
+                if word.casefold() in label_words
+                else "unstable"
+                if _flips(history + [ids], cfg.stability_window) > cfg.max_flips
+                else ""
+            )
             if why:
                 rejected[why] = rejected.get(why, 0) + 1
                 continue
@@ -257,18 +266,19 @@ def _beam(options: list[list[tuple[int, float]]], width: int) -> list[tuple[floa
     """Token sequences from per-position options, best mean similarity first (a beam over positions)."""
     beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
     for opts in options:
-        beams = heapq.nlargest(width, ((s + sim, ids + (i,)) for s, ids in beams for i, sim in opts),
-                               key=lambda b: b[0])
+        beams = heapq.nlargest(
+            width, ((s + sim, ids + (i,)) for s, ids in beams for i, sim in opts), key=lambda b: b[0]
+        )
     n = max(1, len(options))
     return [(s / n, ids) for s, ids in beams]
 
 
 def _flips(sequence: list[tuple[int, ...]], window: int) -> int:
     """Largest number of changes at any one token position over the last ``window`` transitions."""
-    recent = sequence[-(window + 1):]
+    recent = sequence[-(window + 1) :]
     width = max(len(s) for s in recent)
     return max(
-        sum(1 for a, b in zip(recent, recent[1:], strict=False) if (a[p:p + 1] != b[p:p + 1])) for p in range(width)
+        sum(1 for a, b in zip(recent, recent[1:], strict=False) if (a[p : p + 1] != b[p : p + 1])) for p in range(width)
     )
 
 
@@ -290,11 +300,12 @@ def _assign(book: SymbolBook, candidates: dict[str, list[Candidate]], override: 
     # Every current and overridden symbol stays reserved for its own label, so a fallback never collides.
     reserved = {s: lab for lab, s in book.mapping.items()} | {s: lab for lab, s in override.items()}
     taken = set(override.values())
-    order = sorted((lab for lab in book.labels if lab not in override),
-                   key=lambda lab: -(candidates[lab][0].score if candidates[lab] else float("-inf")))
+    order = sorted(
+        (lab for lab in book.labels if lab not in override),
+        key=lambda lab: -(candidates[lab][0].score if candidates[lab] else float("-inf")),
+    )
     for lab in order:
-        pick = next((c for c in candidates[lab] if c.symbol not in taken and reserved.get(c.symbol, lab) == lab),
-                    None)
+        pick = next((c for c in candidates[lab] if c.symbol not in taken and reserved.get(c.symbol, lab) == lab), None)
         chosen[lab] = pick
         taken.add(pick.symbol if pick else book.mapping[lab])
     return chosen
@@ -329,19 +340,24 @@ def _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cf
         by_label[lab].token_mapping[str(tid)] = int(new)
         sims = [s for s in top_sims[row] if s != float("-inf")]
         sim = float(cos_all[row, new])
-        out.append(TokenDiscovery(
-            label=lab,
-            position=pos,
-            original_token_id=int(tid),
-            original_text=tokenizer.texts[tid].strip(),
-            discovered_token_id=int(new),
-            discovered_text=tokenizer.texts[new].strip(),
-            similarity=sim,
-            margin=(sims[0] - sims[1]) if len(sims) > 1 else None,
-            confidence=confidence_band(sim, cfg),
-            top_k=[{"token_id": int(i), "text": tokenizer.texts[i].strip(), "similarity": float(s)}
-                   for i, s in zip(top_ids[row], top_sims[row], strict=True) if s != float("-inf")],
-        ))
+        out.append(
+            TokenDiscovery(
+                label=lab,
+                position=pos,
+                original_token_id=int(tid),
+                original_text=tokenizer.texts[tid].strip(),
+                discovered_token_id=int(new),
+                discovered_text=tokenizer.texts[new].strip(),
+                similarity=sim,
+                margin=(sims[0] - sims[1]) if len(sims) > 1 else None,
+                confidence=confidence_band(sim, cfg),
+                top_k=[
+                    {"token_id": int(i), "text": tokenizer.texts[i].strip(), "similarity": float(s)}
+                    for i, s in zip(top_ids[row], top_sims[row], strict=True)
+                    if s != float("-inf")
+                ],
+            )
+        )
     for change in changes:
         sims = [t.similarity for t in out if t.label == change.original_label]
         change.similarity = sum(sims) / len(sims)
@@ -374,8 +390,9 @@ def run_discovery(
     """
     table = symbol_token_table(book, tokenizer)
     transformed = transform_symbol_tokens(mlp, embedding_weight, [tid for _, _, tid in table])  # (N, D)
-    return discover_symbols(book, tokenizer, transformed, Codebook(embedding_weight), masks, cfg,
-                            override=override, rescore=rescore)
+    return discover_symbols(
+        book, tokenizer, transformed, Codebook(embedding_weight), masks, cfg, override=override, rescore=rescore
+    )
 
 
 def final_mapping(changes: Sequence[SymbolChange]) -> dict[str, str]:

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ _FILE_RE = re.compile(r"^cycle_(\d+)_(tokens|symbols)\.json$")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def tokens_report(tokens: Sequence[TokenDiscovery], cycle: int, timestamp: str | None = None) -> dict[str, Any]:
@@ -44,9 +44,23 @@ def tokens_report(tokens: Sequence[TokenDiscovery], cycle: int, timestamp: str |
     for t in tokens:
         d = asdict(t)
         # seed field order first, additions after
-        discoveries.append({k: d[k] for k in ("original_token_id", "original_text", "discovered_token_id",
-                                              "discovered_text", "similarity", "label", "position", "margin",
-                                              "confidence", "top_k")})
+        discoveries.append(
+            {
+                k: d[k]
+                for k in (
+                    "original_token_id",
+                    "original_text",
+                    "discovered_token_id",
+                    "discovered_text",
+                    "similarity",
+                    "label",
+                    "position",
+                    "margin",
+                    "confidence",
+                    "top_k",
+                )
+            }
+        )
     return {
         "cycle": cycle,
         "timestamp": timestamp or _now(),
@@ -62,21 +76,23 @@ def symbols_report(
     """The ``cycle_N_symbols.json`` object."""
     entries = []
     for c in changes:
-        entries.append({
-            "original_label": c.original_label,
-            "current_symbol": c.current_symbol,
-            "discovered_symbol": c.discovered_symbol,
-            "change_type": c.change_type,
-            "token_mapping": dict(c.token_mapping),
-            "similarity": c.similarity,
-            "margin": c.margin,
-            "confidence": c.confidence,
-            "reason": c.reason,
-            "candidates": [
-                {"symbol": k.symbol, "token_ids": list(k.token_ids), "score": k.score, "loss": k.loss}
-                for k in c.candidates[:max_candidates]
-            ],
-        })
+        entries.append(
+            {
+                "original_label": c.original_label,
+                "current_symbol": c.current_symbol,
+                "discovered_symbol": c.discovered_symbol,
+                "change_type": c.change_type,
+                "token_mapping": dict(c.token_mapping),
+                "similarity": c.similarity,
+                "margin": c.margin,
+                "confidence": c.confidence,
+                "reason": c.reason,
+                "candidates": [
+                    {"symbol": k.symbol, "token_ids": list(k.token_ids), "score": k.score, "loss": k.loss}
+                    for k in c.candidates[:max_candidates]
+                ],
+            }
+        )
     return {
         "cycle": cycle,
         "timestamp": timestamp or _now(),

@@ -1,0 +1,154 @@
+"""The command line, atomic writes, and the project frame promised by the README."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from salmonn_symbols.cli import main
+from salmonn_symbols.io import atomic_write_json, read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generate_symbols_cli(tmp_path, capsys):
+    out = tmp_path / "map.json"
+    assert (
+        main(
+            [
+                "generate-symbols",
+                "--tokenizer",
+                "builtin:tiny",
+                "--labels",
+                "alpha",
+                "beta",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == read_json(out)
+    assert set(printed["mapping"]) == {"alpha", "beta"}
+    assert all(len(ids) == 2 for ids in printed["token_ids"].values())
+
+
+def test_generate_symbols_from_a_saved_tokenizer_folder(tmp_path, llama_tok, capsys):
+    llama_tok.save_pretrained(tmp_path / "tok")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("positive\nnegative\n\nneutral\n")
+    assert main(["generate-symbols", "--tokenizer", str(tmp_path / "tok"), "--labels-file", str(labels)]) == 0
+    assert list(json.loads(capsys.readouterr().out)["mapping"]) == ["positive", "negative", "neutral"]
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["generate-symbols", "--tokenizer", str(tmp_path / "nope"), "--labels", "a"]) == 2
+    assert f"tokenizer folder not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+    assert main(["validate-discovery", str(tmp_path)]) == 2
+    assert "no cycle_N_tokens.json" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "generate-symbols",
+                "--tokenizer",
+                "builtin:tiny",
+                "--labels",
+                *[f"l{i}" for i in range(5)],
+                "--max-attempts",
+                "3",
+            ]
+        )
+        == 2
+    )
+    assert re.search(r"found only \d+ of 5 valid symbol words after 3 attempts", capsys.readouterr().err)
+
+
+def test_demo_writes_valid_discovery_files_and_evolution(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["validate-discovery", str(tmp_path / "discovery")]) == 0
+    assert main(["show-evolution", str(tmp_path / "discovery")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[-5].split() == ["label", "cycle0", "cycle1"]
+    changed = [row for row in table[-4:] if row.split()[1] != row.split()[2]]
+    assert changed, "the demo's stand-in objective should move at least one symbol"
+
+
+def test_bench_reports_measured_figures(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--vocab-size",
+                "500",
+                "--dim",
+                "32",
+                "--positions",
+                "16",
+                "--device",
+                "cpu",
+                "--iters",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    res = read_json(out)
+    for key in ("codebook_refresh_ms", "soft_quantize_fwd_bwd_ms", "discovery_topk_ms"):
+        assert res[key] > 0
+    assert "soft_quantize_fwd_bwd_ms" in capsys.readouterr().out
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "a" / "x.json"
+    atomic_write_json(path, {"v": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"v": object()})
+    assert read_json(path) == {"v": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_read_json_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{\n  "a": 1,\n  oops\n}')
+    with pytest.raises(ValueError, match=r"bad.json: line 3 column 3"):
+        read_json(p)
+    p.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="bad.json: not UTF-8"):
+        read_json(p)
+
+
+def test_project_frame():
+    for d in ("salmonn_symbols", "scripts", "configs", "checkpoints", "tests"):
+        assert (ROOT / d).is_dir(), d
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = meta["project"]["dependencies"]
+    assert "torch==2.11.0" in deps and "torchaudio==2.11.0" in deps
+    for name in (
+        "lightning",
+        "transformers",
+        "peft",
+        "openai-whisper",
+        "wandb",
+        "datasets",
+        "soundfile",
+        "safetensors",
+    ):
+        assert any(d.startswith(name) for d in deps), name
+    assert meta["project"]["scripts"]["salmonn-symbols"] == "salmonn_symbols.cli:main"
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("help", "setup", "demo", "test", "lint", "bench"):
+        assert re.search(rf"^{target}:.*##", makefile, re.M), target
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert ".venv/" in ignored and "checkpoints/*" in ignored and "!checkpoints/README.md" in ignored
