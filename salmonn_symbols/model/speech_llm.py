@@ -1,0 +1,304 @@
+"""SALMONN as one plain ``nn.Module``: speech encoders → window Q-Former → LLaMA + LoRA, with symbol injection.
+
+    wav (B, S) ─log_mel─► Whisper ─► ln_speech ─────────────┐ (B, 1500, 1280)
+               └────────► BEATs ───► ln_audio ─► zero pads ─┴─concat─► fused (B, 1500, 2048)
+    fused ─► WindowQFormer ─► (B, 88, 768) ─► speech_llama_proj ─► speech (B, 88, H)
+
+    embed(prefix_ids) ‖ speech ‖ SymbolInjector(embed(text_ids)) ─► LLaMA + LoRA ─► logits of the text part
+    [BOS] USER: <Speech>   88     </Speech> {prompt}\\nASSISTANT: {target}</s>
+
+No device, precision or distributed policy lives here: the LightningModule and the Trainer own those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .qformer import WindowQFormer
+from .symbol_injector import SymbolInjector
+from .whisper import log_mel
+
+__all__ = ["SYMBOL_SCOPES", "SpeechLLM", "SpeechLLMOutput"]
+
+SYMBOL_SCOPES = ("prompt", "target", "both")
+
+
+@dataclass
+class SpeechLLMOutput:
+    """Result of a training forward.
+
+    Attributes:
+        loss: Mean cross-entropy over target tokens (fp32).
+        logits: Next-token logits of the text part, shape (B, L, V); ``logits[:, t]`` predicts ``text_ids[:, t]``.
+        n_targets: Number of target tokens in the batch (a tensor, so reading it needs no host sync).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    n_targets: Tensor
+
+
+class SpeechLLM(nn.Module):
+    """The speech LLM with symbol injection.
+
+    Args:
+        whisper: A transformers ``WhisperEncoder`` (frozen).
+        qformer: The window-level Q-Former over the fused features.
+        llm: The causal LM wrapped with a peft LoRA adapter.
+        beats: Optional BEATs encoder (frozen); without it the Q-Former sees Whisper features only.
+        symbol_hidden: Symbol MLP width.
+        symbol_scale: Symbol MLP residual scale.
+        symbol_dropout: Symbol MLP dropout.
+        symbol_scope: Which symbol occurrences are replaced: "prompt" (instruction and few-shot text),
+            "target", or "both".
+        train_speech_path: Whether the Q-Former, query, projection and LayerNorms train.
+    """
+
+    def __init__(
+        self,
+        whisper: nn.Module,
+        qformer: WindowQFormer,
+        llm: nn.Module,
+        beats: nn.Module | None = None,
+        symbol_hidden: int = 8,
+        symbol_scale: float = 0.2,
+        symbol_dropout: float = 0.1,
+        symbol_scope: str = "both",
+        train_speech_path: bool = False,
+    ):
+        super().__init__()
+        if symbol_scope not in SYMBOL_SCOPES:
+            raise ValueError(f"symbol_scope must be one of {SYMBOL_SCOPES}, got {symbol_scope!r}")
+        hidden = llm.get_input_embeddings().weight.shape[1]
+        self.whisper = whisper.requires_grad_(False)
+        self.beats = beats.requires_grad_(False) if beats is not None else None
+        self.ln_speech = nn.LayerNorm(whisper.config.d_model)
+        self.ln_audio = nn.LayerNorm(beats.cfg.encoder_embed_dim) if beats is not None else None
+        self.speech_qformer = qformer
+        self.speech_llama_proj = nn.Linear(qformer.qformer.config.hidden_size, hidden)
+        self.llm = llm
+        self.symbols = SymbolInjector(hidden, symbol_hidden, symbol_scale, symbol_dropout)
+        self.symbol_scope = symbol_scope
+        self.n_mels = whisper.config.num_mel_bins
+        for p in self.speech_parameters():
+            p.requires_grad_(train_speech_path)
+
+    # -------------------------------------------------------------------------------------- parameter groups
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """LoRA weights of the LLM."""
+        return [p for n, p in self.llm.named_parameters() if "lora_" in n]
+
+    def symbol_parameters(self) -> list[nn.Parameter]:
+        """Symbol MLP weights."""
+        return list(self.symbols.mlp.parameters())
+
+    def speech_parameters(self) -> list[nn.Parameter]:
+        """Q-Former, query tokens, projection and the two LayerNorms (frozen unless configured)."""
+        mods = [self.ln_speech, self.speech_qformer, self.speech_llama_proj]
+        mods += [self.ln_audio] if self.ln_audio is not None else []
+        return [p for m in mods for p in m.parameters()]
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        """Sets training mode, keeping the frozen encoders in eval mode (no dropout, fixed statistics)."""
+        super().train(mode)
+        self.whisper.eval()
+        if self.beats is not None:
+            self.beats.eval()
+        return self
+
+    # -------------------------------------------------------------------------------------------- speech
+    def encode_speech(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
+        """Speech tokens for the LLM.
+
+        Args:
+            wav: 16 kHz mono audio, right-padded, shape (B, S).
+            wav_lengths: Valid samples per row, shape (B,).
+
+        Returns:
+            Projected speech embeddings, shape (B, 88, H) for 30 s windows.
+        """
+        mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
+        speech = self.ln_speech(self.whisper(mel).last_hidden_state)  # (B, 1500, 1280)
+        if self.beats is not None:
+            pad = torch.arange(wav.shape[1], device=wav.device)[None] >= wav_lengths[:, None]  # (B, S)
+            audio, audio_pad = self.beats(wav, pad)  # (B, N, 768), (B, N)
+            # zeroing after ln_audio makes a clip's features independent of what it is batched with
+            audio = self.ln_audio(audio).masked_fill(audio_pad[..., None], 0.0)
+            audio = _fit_length(audio, speech.shape[1])  # (B, 1500, 768)
+            speech = torch.cat([speech, audio.to(speech.dtype)], dim=-1)  # (B, 1500, 2048)
+        return self.speech_llama_proj(self.speech_qformer(speech))  # (B, 88, H)
+
+    # ------------------------------------------------------------------------------------------------ text
+    def embed_inputs(
+        self, batch: dict[str, Tensor], speech: Tensor, symbol_mode: str, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        """Input embeddings and attention mask of [prefix ‖ speech ‖ text].
+
+        Returns:
+            ``(embeds (B, P+88+L, H), attention_mask (B, P+88+L))``.
+        """
+        embed = self.llm.get_input_embeddings()
+        prefix = embed(batch["prefix_ids"])  # (B, P, H)
+        text_ids = batch["text_ids"]
+        text = embed(text_ids)  # (B, L, H)
+        is_target = batch["labels"] != -100
+        where = {"prompt": ~is_target, "target": is_target, "both": None}[self.symbol_scope]
+        text = self.symbols(text_ids, text, embed.weight, symbol_mode, temperature, where)
+        embeds = torch.cat([prefix, speech.to(prefix.dtype), text], dim=1)
+        ones = batch["text_mask"].new_ones(prefix.shape[0], prefix.shape[1] + speech.shape[1])
+        return embeds, torch.cat([ones, batch["text_mask"]], dim=1)
+
+    def forward(
+        self,
+        batch: dict[str, Tensor],
+        symbol_mode: str = "soft",
+        temperature: float = 0.1,
+        speech: Tensor | None = None,
+    ) -> SpeechLLMOutput:
+        """Teacher-forced loss on the targets.
+
+        Args:
+            batch: ``wav``, ``wav_lengths`` and the `PromptBatch` fields.
+            symbol_mode: "soft", "hard" or "raw" embeddings at symbol positions.
+            temperature: Soft-quantization temperature.
+            speech: Precomputed speech embeddings (B, 88, H), e.g. from a cache; computed when None.
+        """
+        if speech is None:
+            speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
+        embeds, mask = self.embed_inputs(batch, speech, symbol_mode, temperature)
+        base = self.llm.get_base_model()
+        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
+        # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L.
+        L = batch["text_ids"].shape[1]
+        logits = base.get_output_embeddings()(hidden[:, -L - 1 : -1])  # (B, L, V)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return SpeechLLMOutput(loss, logits, (labels != -100).sum())
+
+    # ---------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        batch: dict[str, Tensor],
+        candidates: list[list[int]],
+        symbol_mode: str = "soft",
+        temperature: float = 0.1,
+        speech: Tensor | None = None,
+    ) -> Tensor:
+        """Log-likelihood of each candidate continuation (e.g. label symbol + EOS) after each prompt.
+
+        Args:
+            batch: ``wav``, ``wav_lengths``, ``prefix_ids``, and prompt-only ``text_ids`` / ``text_mask``.
+            candidates: C token-id lists.
+            symbol_mode: Embeddings at symbol positions.
+            temperature: Soft-quantization temperature.
+            speech: Optional precomputed speech embeddings.
+
+        Returns:
+            Summed log-probabilities, shape (B, C).
+        """
+        if speech is None:
+            speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
+        B, C = batch["text_ids"].shape[0], len(candidates)
+        rep = _pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
+        out = self.forward(rep, symbol_mode, temperature, speech.repeat_interleave(C, dim=0))
+        logp = out.logits.float().log_softmax(-1)  # (B·C, L, V)
+        labels = rep["labels"]
+        tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)  # (B·C, L)
+        return tok.sum(-1).view(B, C)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: dict[str, Tensor],
+        max_new_tokens: int = 200,
+        num_beams: int = 1,
+        symbol_mode: str = "soft",
+        temperature: float = 0.1,
+        speech: Tensor | None = None,
+        **generate_kwargs,
+    ) -> Tensor:
+        """Greedy or beam-search continuation of the prompts, stopping each sequence at its own EOS.
+
+        Returns:
+            Generated token ids only (no prompt), shape (B, T_new), padded with the pad id after EOS.
+        """
+        if speech is None:
+            speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
+        prompt = dict(batch, labels=torch.full_like(batch["text_ids"], -100))
+        embeds, mask = self.embed_inputs(prompt, speech, symbol_mode, temperature)
+        embeds, mask = _left_align(embeds, mask)  # generation appends on the right: no pads may sit there
+        cfg = self.llm.get_base_model().generation_config
+        eos, pad = cfg.eos_token_id, cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
+        hook = None
+        if symbol_mode != "raw" and self.symbol_scope != "prompt":
+            # Targets were trained with replaced embeddings, so generated symbol tokens get them too.
+            hook = self.llm.get_input_embeddings().register_forward_hook(
+                self._generation_hook(symbol_mode, temperature)
+            )
+        try:
+            return self.llm.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **generate_kwargs,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _generation_hook(self, symbol_mode: str, temperature: float):
+        weight = self.llm.get_input_embeddings().weight
+        table = self.symbols.replacements(weight, symbol_mode, temperature) if self.symbols.num_symbols else None
+
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            if table is None:
+                return out
+            rows = self.symbols.token_rows(args[0])  # (B, t)
+            return torch.where((rows >= 0)[..., None], table.to(out.dtype)[rows.clamp_min(0)], out)
+
+        return hook
+
+
+def _fit_length(x: Tensor, length: int) -> Tensor:
+    """Right-pads with zeros or truncates (B, N, D) to (B, length, D)."""
+    if x.shape[1] >= length:
+        return x[:, :length]
+    return F.pad(x, (0, 0, 0, length - x.shape[1]))
+
+
+def _left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Moves each row's right padding to the left, without a host sync."""
+    T = mask.shape[1]
+    shift = T - mask.sum(1, keepdim=True)  # (B, 1) pads per row
+    idx = (torch.arange(T, device=mask.device)[None] - shift) % T  # (B, T)
+    return embeds.gather(1, idx[..., None].expand_as(embeds)), mask.gather(1, idx)
+
+
+def _pack_candidates(batch: dict[str, Tensor], candidates: list[list[int]]) -> dict[str, Tensor]:
+    """B·C rows: each prompt followed by each candidate, right-padded; labels mark the candidate tokens."""
+    text, tmask = batch["text_ids"], batch["text_mask"]
+    B, C = text.shape[0], len(candidates)
+    lengths = tmask.sum(1)  # (B,)
+    cand = torch.full((C, max(len(c) for c in candidates)), -100, dtype=torch.long, device=text.device)
+    for i, c in enumerate(candidates):
+        cand[i, : len(c)] = torch.tensor(c, device=text.device)
+    L = text.shape[1] + cand.shape[1]
+    pos = torch.arange(L, device=text.device)[None]  # (1, L)
+    start = lengths.repeat_interleave(C)[:, None]  # (B·C, 1)
+    cand_rows = cand.repeat(B, 1)  # (B·C, Lc)
+    rel = (pos - start).clamp(0, cand.shape[1] - 1)
+    in_cand = (pos >= start) & (cand_rows.gather(1, rel) != -100) & (pos - start < cand.shape[1])
+    base = F.pad(text.repeat_interleave(C, 0), (0, cand.shape[1]), value=0)
+    ids = torch.where(in_cand, cand_rows.gather(1, rel), base)
+    mask = torch.where(in_cand, 1, F.pad(tmask.repeat_interleave(C, 0), (0, cand.shape[1])))
+    labels = torch.where(in_cand, ids, -100)
+    return dict(prefix_ids=batch["prefix_ids"].repeat_interleave(C, 0), text_ids=ids, text_mask=mask, labels=labels)
