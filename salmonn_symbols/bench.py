@@ -20,6 +20,17 @@ __all__ = ["add_bench_args", "run_bench"]
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     """Adds the benchmark's options to ``p``."""
+    p.add_argument(
+        "--what",
+        choices=["core", "model"],
+        default="core",
+        help="core: quantization and discovery at full vocabulary; model: a training step of --size",
+    )
+    p.add_argument("--size", default="tiny", help="model size for --what model (tiny, salmonn-7b, salmonn-13b)")
+    p.add_argument("--batch", type=int, default=8, help="batch size for --what model")
+    p.add_argument("--seconds", type=float, default=30.0, help="audio seconds per sample for --what model")
+    p.add_argument("--steps", type=int, default=5, help="measured steps for --what model")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps for --what model")
     p.add_argument("--vocab-size", type=int, default=32001, help="rows of the vocabulary (Vicuna: 32001)")
     p.add_argument("--dim", type=int, default=5120, help="embedding width (13B: 5120, 7B: 4096)")
     p.add_argument("--positions", type=int, default=512, help="symbol-token positions per step")
@@ -27,7 +38,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="vocabulary dtype")
     p.add_argument("--iters", type=int, default=0, help="measured iterations (0: 20 on GPU, 3 on CPU)")
-    p.add_argument("--out", default="runs/bench/symbol_core.json", help="JSON result file")
+    p.add_argument("--out", default=None, help="JSON result file (default: runs/bench/<what>.json)")
 
 
 def _sync(device: torch.device) -> None:
@@ -47,6 +58,11 @@ def _time(fn, iters: int, device: torch.device) -> float:
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Runs the benchmark described by ``args`` (see `add_bench_args`) and returns the figures."""
+    args.out = args.out or f"runs/bench/{args.what}.json"
+    if args.what == "model":
+        from .model_bench import run_model_bench
+
+        return run_model_bench(args)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()

@@ -349,3 +349,75 @@ def test_lora_scale_override(tiny):
         c = model(batch, "raw").logits
     assert n == 2 * 2  # q_proj and v_proj in 2 layers
     assert not torch.allclose(a, b) and torch.allclose(a, c)
+
+
+def test_builder_loads_every_real_format(tmp_path, llama_tok):
+    """Tiny parts saved in the on-disk formats of the real releases load through the same builder."""
+    from transformers import WhisperModel
+
+    from salmonn_symbols.model.beats import BEATs, BEATsConfig, save_beats
+    from salmonn_symbols.model.llm import build_llm, llama_config
+    from salmonn_symbols.model.whisper import whisper_encoder_config
+
+    torch.manual_seed(1)
+    whisper = WhisperModel(whisper_encoder_config("tiny"))
+    whisper.save_pretrained(tmp_path / "whisper")
+    beats = BEATs(BEATsConfig.tiny())
+    save_beats(beats, tmp_path / "beats.pt")
+    llm = build_llm(llama_config("tiny", vocab_size=len(llama_tok)))
+    llm.save_pretrained(tmp_path / "vicuna")
+    llama_tok.save_pretrained(tmp_path / "vicuna")
+    shape_model, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny"))
+    sd = _official_ckpt(shape_model, tmp_path / "salmonn.pth")
+
+    cfg = SpeechLLMConfig.from_name(
+        "tiny",
+        llm_path=str(tmp_path / "vicuna"),
+        tokenizer_path=None,
+        whisper_path=str(tmp_path / "whisper"),
+        beats_path=str(tmp_path / "beats.pt"),
+        salmonn_ckpt=str(tmp_path / "salmonn.pth"),
+    )
+    model, tok = build_speech_llm(cfg)
+    assert tok.get_vocab() == llama_tok.get_vocab()
+    for k, v in whisper.encoder.state_dict().items():
+        assert torch.equal(model.whisper.state_dict()[k], v), k
+    for k, v in beats.state_dict().items():
+        assert torch.equal(model.beats.state_dict()[k], v), k
+    base = {
+        k.replace("base_layer.", ""): v for k, v in model.llm.get_base_model().state_dict().items() if "lora_" not in k
+    }
+    for k, v in llm.state_dict().items():
+        assert torch.equal(base[k], v), k
+    assert torch.equal(model.speech_qformer.query_tokens, sd["speech_query_tokens"])
+    a = "llama_model.base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"
+    assert torch.equal(model.state_dict()[map_salmonn_key(a)], sd[a])
+    with pytest.raises(FileNotFoundError, match="vicuna-missing"):
+        build_speech_llm(
+            SpeechLLMConfig.from_name("tiny", llm_path=str(tmp_path / "vicuna-missing")), with_tokenizer=False
+        )
+
+
+def test_activation_checkpointing_keeps_lora_training(tiny):
+    _, tok, book = tiny
+    torch.manual_seed(0)
+    model, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny", gradient_checkpointing=True))
+    sym = SymbolTokenizer(tok)
+    model.symbols.set_symbols([sym.word_ids(s) for s in book.symbols])
+    model.symbols.set_candidate_masks(build_candidate_masks(sym, len(tok), book.labels))
+    model.train()
+    base = model.llm.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    model(_batch(tok, book), "soft", 0.1).loss.backward()
+    assert all(p.grad is not None for p in model.lora_parameters())
+    assert any(p.grad.abs().sum() > 0 for n, p in model.llm.named_parameters() if "lora_B" in n)
+    assert model.symbols.mlp.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_named_sizes():
+    big = SpeechLLMConfig.from_name("salmonn-13b")
+    assert big.llm_path == "checkpoints/lmsys/vicuna-13b-v1.1" and big.salmonn_ckpt.endswith("salmonn_v1.pth")
+    assert SpeechLLMConfig.from_name("salmonn-7b").llm_size == "llama-7b"
+    assert big.random().llm_path is None and big.random().llm_size == "llama-13b"
+    with pytest.raises(ValueError, match="unknown model size"):
+        SpeechLLMConfig.from_name("salmonn-70b")

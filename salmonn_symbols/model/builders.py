@@ -167,7 +167,11 @@ def build_speech_llm(cfg: SpeechLLMConfig, with_tokenizer: bool = True):
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
     if cfg.gradient_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant: reentrant checkpointing can leave LoRA untrained or break DDP (peft #301, #313)
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     llm = apply_lora(llm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     model = SpeechLLM(
         whisper,

@@ -169,9 +169,11 @@ class SpeechLLM(nn.Module):
         """
         if speech is None:
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
-        embeds, mask = self.embed_inputs(batch, speech, symbol_mode, temperature)
+        embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature)
         base = self.llm.get_base_model()
-        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
+        # Every row is right-padded, so under causal attention no real token ever sees a pad: the mask can be
+        # dropped, which keeps SDPA on its is_causal path and avoids the host sync of checking the mask.
+        hidden = base.get_decoder()(inputs_embeds=embeds).last_hidden_state  # (B, T, H)
         # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L.
         L = batch["text_ids"].shape[1]
         logits = base.get_output_embeddings()(hidden[:, -L - 1 : -1])  # (B, L, V)

@@ -1,0 +1,53 @@
+"""CUDA checks (run with `pytest -m gpu` on a GPU machine): bf16 training step and no host syncs."""
+
+import pytest
+import torch
+
+from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
+from salmonn_symbols.model.prompt import PromptBuilder
+from salmonn_symbols.symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny"))
+    sym = SymbolTokenizer(tok)
+    book = SymbolBook.create(["positive", "negative", "neutral"], sym, seed=0)
+    model.symbols.set_symbols([sym.word_ids(s) for s in book.symbols])
+    model.symbols.set_candidate_masks(build_candidate_masks(sym, len(tok), book.labels))
+    pb = PromptBuilder(tok)
+    batch = pb([book.substitute("positive or negative or neutral?")] * 2, ["positive", "neutral"]).as_dict()
+    batch = {k: v.cuda() for k, v in batch.items()}
+    batch["wav"] = 0.1 * torch.randn(2, 16000 * 5, device="cuda")
+    batch["wav_lengths"] = torch.tensor([16000 * 5, 16000 * 3], device="cuda")
+    return model.train(), book, batch
+
+
+def test_bf16_step_matches_fp32(setup):
+    model, _, batch = setup
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf = model(batch, "soft", 0.1)
+    fp = model(batch, "soft", 0.1)
+    assert bf.logits.dtype == torch.bfloat16 and torch.isfinite(bf.loss)
+    assert abs(bf.loss.item() - fp.loss.item()) < 0.05 * fp.loss.item()
+    bf.loss.backward()
+    assert model.symbols.mlp.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_llm_forward_makes_no_host_sync(setup):
+    model, _, batch = setup
+    with torch.no_grad():
+        speech = model.encode_speech(batch["wav"], batch["wav_lengths"])
+    model(batch, "soft", 0.1, speech=speech)  # warm-up: codebook cache, kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(batch, "soft", 0.1, speech=speech)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
