@@ -121,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_args(b)
     b.set_defaults(func=_cmd_bench)
 
+    c = sub.add_parser("check-data", help="read every sample and decode every audio file; report all problems")
+    from .data.check import add_check_args, run_check
+
+    add_check_args(c)
+    c.set_defaults(func=run_check)
+
+    m = sub.add_parser("make-dataset", help="build the synthetic espeak-ng speech benchmark")
+    from .data.synthetic import add_make_dataset_args, run_make_dataset
+
+    add_make_dataset_args(m)
+    m.set_defaults(func=run_make_dataset)
+
     d = sub.add_parser("demo", help="run the end-to-end demo on the built-in tiny setup")
     d.add_argument("--out", default="runs/demo", help="output folder")
     d.set_defaults(func=_cmd_demo)

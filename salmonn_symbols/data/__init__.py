@@ -1,0 +1,1 @@
+"""Data: manifests, task configs, symbol transforms, sampling, collation and metrics."""

@@ -1,0 +1,120 @@
+"""``salmonn-symbols check-data``: find every data problem before a long GPU job.
+
+Reads every manifest line and decodes every audio file (in worker processes, with a progress bar), prints
+each problem as ``file:line: what is wrong``, then a summary, and exits non-zero if anything is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .audio import SAMPLE_RATE
+from .manifest import DataError, Sample, read_split
+from .tasks import TaskConfig, load_task_config
+
+__all__ = ["add_check_args", "check_data", "run_check"]
+
+
+def _configs(target: str) -> list[tuple[TaskConfig, str]]:
+    """(task config, split) pairs to check: every split of a YAML, or the one manifest given."""
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml"):
+        cfg = load_task_config(path)
+        return [(cfg, split) for split in cfg.splits]
+    if not path.exists():
+        raise FileNotFoundError(f"not found: {path}")
+    fmt = "salmonn" if path.suffix == ".json" else "hf" if path.is_dir() else "jsonl"
+    if fmt == "hf":
+        raise ValueError(f"{path}: an HF dataset needs a task YAML that names its columns")
+    # A bare manifest has no label set: take the labels it uses, so only the other checks apply.
+    labels = _labels_in(path, fmt)
+    cfg = TaskConfig(name="*", labels=labels or ["?"], format=fmt, splits={"data": str(path.resolve())})
+    return [(cfg, "data")]
+
+
+def _labels_in(path: Path, fmt: str) -> list[str]:
+    import json
+
+    found: dict[str, None] = {}
+    try:
+        if fmt == "salmonn":
+            rows = json.loads(path.read_text("utf-8")).get("annotation", [])
+            items = [r.get("text") for r in rows if isinstance(r, dict)]
+        else:
+            items = []
+            for raw in path.read_bytes().splitlines():
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                    items.append(obj.get("label") if isinstance(obj, dict) else None)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    for it in items:
+        for lab in it if isinstance(it, list) else [it]:
+            if isinstance(lab, str) and lab:
+                found[lab] = None
+    return list(found)
+
+
+def _decode(job: tuple[Sample, TaskConfig]) -> float | str:
+    """Seconds of audio, or the problem as ``file:line: what``."""
+    from .dataset import SpeechDataset
+
+    sample, cfg = job
+    item = SpeechDataset([[sample]], [cfg], on_bad_sample="skip")[(0, 0, 0)]
+    if "skipped" in item:
+        p = item["skipped"]
+        return f"{sample.where}: {p.what}" + (f" ({p.where})" if p.where != sample.where else "")
+    return item["wav"].numel() / SAMPLE_RATE
+
+
+def check_data(target: str, workers: int = 2, progress: bool = True, out=sys.stdout) -> int:
+    """Checks a task YAML (all its splits) or a single manifest; returns the number of problems."""
+    from tqdm import tqdm
+
+    problems: list[str] = []
+    labels: Counter = Counter()
+    seconds, n_samples = 0.0, 0
+    for cfg, split in _configs(target):
+        try:
+            samples, bad = read_split(cfg, split, on_bad_sample="skip")
+        except (DataError, FileNotFoundError) as e:
+            problems.append(str(e))
+            continue
+        problems += [str(p) for p in bad]
+        n_samples += len(samples)
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = pool.map(_decode, [(s, cfg) for s in samples], chunksize=8)
+            for res in tqdm(
+                results, total=len(samples), desc=f"{cfg.name}/{split}", disable=not progress, file=sys.stderr
+            ):
+                if isinstance(res, str):
+                    problems.append(res)
+                else:
+                    seconds += res
+        for s in samples:
+            labels.update(f"{cfg.name}/{split}/{lab}" for lab in s.labels)
+    for p in problems:
+        print(p, file=out)
+    print(f"\nsamples: {n_samples}   audio: {seconds / 3600:.3f} h   problems: {len(problems)}", file=out)
+    for key, n in sorted(labels.items()):
+        print(f"  {key}: {n}", file=out)
+    return len(problems)
+
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    """Adds the options of ``check-data``."""
+    p.add_argument("target", help="a task YAML (configs/data/*.yaml), a JSONL manifest or a SALMONN annotation JSON")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """CLI entry: exit status 1 when any problem was found."""
+    n = check_data(args.target, args.workers, not args.no_progress)
+    return 1 if n else 0
