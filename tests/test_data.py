@@ -421,3 +421,19 @@ def test_check_data_reports_every_problem(tmp_path, capsys):
     assert main(["check-data", str(good), "--no-progress"]) == 0
     assert main(["check-data", str(tmp_path / "ok" / "train.jsonl"), "--no-progress"]) == 0
     assert "problems: 0" in capsys.readouterr().out
+
+
+def test_label_aliases_and_shipped_task_configs(tmp_path):
+    from pathlib import Path
+
+    rows = _rows(tmp_path, 3)
+    rows[0]["label"] = "Anger"
+    cfg = load_task_config(_task(tmp_path, {"train": rows}, label_aliases={"Anger": "anger"}))
+    assert read_split(cfg, "train")[0][0].label == "anger"
+    with pytest.raises(DataConfigError, match="label_aliases"):
+        load_task_config(_task(tmp_path, {"train": rows}, label_aliases={"Anger": "rage"}))
+    shipped = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for p in shipped:
+        cfg = load_task_config(p)
+        assert cfg.labels and cfg.splits

@@ -215,6 +215,13 @@ def _sample(row: dict, cfg: TaskConfig, path: Path, where: str) -> Sample:
     if missing:
         raise DataError(DataProblem(where, f"missing required field(s) {missing}", str(sid) if sid else None))
     sid = str(sid)
+    if cfg.label_aliases:
+        alias = cfg.label_aliases
+        row["label"] = (
+            [alias.get(x, x) for x in row["label"]]
+            if isinstance(row["label"], list)
+            else alias.get(row["label"], row["label"])
+        )
     labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
     if not cfg.multi_label and isinstance(row["label"], list):
         raise DataError(DataProblem(where, f"dataset {cfg.name!r} is single-label but label is a list", sid))

@@ -9,6 +9,7 @@
     format: jsonl                  # jsonl | salmonn | hf
     splits: {train: train.jsonl, validation: dev.jsonl}     # relative to this file
     columns: {audio: audio, label: sentiment, text: normalized_text, id: id}   # hf only
+    label_aliases: {Positive: positive}   # raw label -> label
 
 Every unknown key is an error that names the file and the key, so a typo never silently falls back to a
 default.
@@ -48,6 +49,7 @@ class TaskConfig:
         splits: split name -> path (relative paths are relative to the YAML file).
         columns: For "hf": column names of audio, label, text, id (and optional prompt, task).
         label_separator: For "hf" and "salmonn" multi-label string labels: the separator between labels.
+        label_aliases: Raw label -> label, applied before validation (e.g. {"Positive": "positive"}).
         source: The YAML file this came from (for error messages).
     """
 
@@ -61,6 +63,7 @@ class TaskConfig:
     splits: dict[str, str] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)
     label_separator: str = ","
+    label_aliases: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
     def split_path(self, split: str) -> Path:
@@ -98,6 +101,9 @@ def _check(cfg: TaskConfig, src: str) -> TaskConfig:
         _fail(src, f"field 'few_shot' must be an integer >= 0, got {cfg.few_shot!r}")
     if not isinstance(cfg.splits, dict) or not cfg.splits:
         _fail(src, "field 'splits' must map split names to paths")
+    bad_alias = sorted(v for v in cfg.label_aliases.values() if v not in cfg.labels)
+    if bad_alias:
+        _fail(src, f"field 'label_aliases' maps to label(s) {bad_alias} that are not in 'labels'")
     bad_cols = sorted(set(cfg.columns) - set(_COLUMNS))
     if bad_cols:
         _fail(src, f"field 'columns' has unknown key(s) {bad_cols}; allowed: {list(_COLUMNS)}")
