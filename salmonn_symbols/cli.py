@@ -17,6 +17,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+_LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
 
 def _labels(args: argparse.Namespace) -> list[str]:
     labels = list(args.labels or [])
@@ -143,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``salmonn-symbols``; errors in user input exit with status 2 and a one-line message."""
     from .symbols import SymbolGenerationError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _LIGHTNING_COMMANDS:
+        from .training.cli import run_lightning_cli
+
+        return run_lightning_cli(argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -437,3 +437,13 @@ def test_label_aliases_and_shipped_task_configs(tmp_path):
     for p in shipped:
         cfg = load_task_config(p)
         assert cfg.labels and cfg.splits
+
+
+def test_sampler_continues_when_a_pass_stops_at_its_end():
+    s = BalancedBatchSampler([16, 24], 8, seed=0)
+    first = []
+    it = iter(s)
+    for _ in range(len(s)):  # a consumer that stops after len() batches never exhausts the generator
+        first.append(next(it))
+    second = list(s)
+    assert len(second) == len(s) and second != first and s.state_dict() == {"epoch": 2, "batches_done": 0}

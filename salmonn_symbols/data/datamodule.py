@@ -144,14 +144,17 @@ class SymbolDataModule(L.LightningDataModule):
         # The LLM's padding follows the prompt length, which is mostly a property of the dataset's task.
         return [[d * 1e4 + len(s.prompt) + len(str(s.label)) for s in group] for d, group in enumerate(samples)]
 
-    def _loader(self, dataset: SpeechDataset, sampler: Any) -> DataLoader:
+    def _loader(self, dataset: SpeechDataset, sampler: Any, with_original: bool = False) -> DataLoader:
         if self.prompts is None or self.transform is None:
             raise RuntimeError("SymbolDataModule.bind(tokenizer, book) must be called before using the loaders")
+        original = None
+        if with_original:  # evaluation also scores the original label words (the reference condition)
+            original = PromptTransform(self.transform.tasks, self.transform.pool, None, self.seed)
         return DataLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=SpeechCollator(self.prompts, self.transform),
+            collate_fn=SpeechCollator(self.prompts, self.transform, original),
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
@@ -187,7 +190,7 @@ class SymbolDataModule(L.LightningDataModule):
         sampler = ShardedEvalBatchSampler(
             [len(s) for s in samples], self.eval_batch_size, self._lengths(samples), rank, world
         )
-        return self._loader(SpeechDataset(samples, self.tasks, self.on_bad_sample), sampler)
+        return self._loader(SpeechDataset(samples, self.tasks, self.on_bad_sample), sampler, with_original=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("validation")
@@ -195,11 +198,9 @@ class SymbolDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    # --------------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_sampler": self.train_sampler.state_dict() if self.train_sampler else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume_sampler = state.get("train_sampler")
-        if self.train_sampler is not None and self._resume_sampler:
-            self.train_sampler.load_state_dict(self._resume_sampler)
+    def resume_sampler(self, state: dict[str, int] | None) -> None:
+        """Resumes the training sampler at ``state`` (epoch and batches consumed) when it is next created."""
+        self._resume_sampler = state
+        if self.train_sampler is not None and state:
+            self.train_sampler.load_state_dict(state)
+            self._resume_sampler = None

@@ -90,10 +90,12 @@ class SpeechCollator:
     Args:
         prompts: SALMONN prompt tokenizer.
         transform: Symbol and prompt transform (holds the current symbol book).
+        original: Optional transform with the original label words; its prompts are added as
+            ``orig_prompt_text_ids`` / ``orig_prompt_text_mask`` (the reference condition of evaluation).
     """
 
-    def __init__(self, prompts: PromptBuilder, transform: PromptTransform):
-        self.prompts, self.transform = prompts, transform
+    def __init__(self, prompts: PromptBuilder, transform: PromptTransform, original: PromptTransform | None = None):
+        self.prompts, self.transform, self.original = prompts, transform, original
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         skipped = [it["skipped"] for it in items if "skipped" in it]
@@ -120,4 +122,8 @@ class SpeechCollator:
             gold=[s.label for s in samples],
             targets=[t[1] for t in texts],
         )
+        if self.original is not None:
+            eps = [it["epoch"] for it in items]
+            orig = self.prompts([self.original.instruction(s, e) for s, e in zip(samples, eps, strict=True)])
+            batch.update(orig_prompt_text_ids=orig.text_ids, orig_prompt_text_mask=orig.text_mask)
         return batch

@@ -127,6 +127,9 @@ class BalancedBatchSampler(Sampler[list[Key]]):
 
     def __iter__(self) -> Iterator[list[Key]]:
         batches = self.epoch_batches()
+        if self.batches_done >= len(batches):  # the last pass was stopped right at its end: next epoch
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            batches = self.epoch_batches()
         while self.batches_done < len(batches):
             batch = batches[self.batches_done]
             self.batches_done += 1

@@ -233,6 +233,12 @@ class SymbolBook:
             "ignore_case": self.ignore_case,
         }
 
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replaces this book's content in place (objects holding a reference to it see the change)."""
+        other = SymbolBook.from_state_dict(state)
+        self.labels, self.mapping, self.history = other.labels, other.mapping, other.history
+        self.ignore_case = other.ignore_case
+
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> SymbolBook:
         """Rebuilds a book from `state_dict` output."""

@@ -171,6 +171,7 @@ def build_candidate_masks(
     exclude_words: Iterable[str] = (),
     *,
     ascii_only: bool = True,
+    lowercase_only: bool = True,
     blocklist: Iterable[str] = (),
 ) -> CandidateMasks:
     """Builds the candidate masks: alphabetic, non-special, non-byte tokens that are not label words.
@@ -180,6 +181,8 @@ def build_candidate_masks(
         vocab_size: Rows of the embedding matrix (may exceed the tokenizer's size; extra rows are excluded).
         exclude_words: Words whose tokens may not be chosen (the original labels and their parts).
         ascii_only: Keep only ASCII letters.
+        lowercase_only: Keep only lower-case pieces, so discovered symbols are lower-case words like the random
+            ones.
         blocklist: Further token texts (stripped, case-insensitive) to exclude.
 
     Returns:
@@ -199,6 +202,8 @@ def build_candidate_masks(
         if i in specials or _BYTE_PIECE.match(tokenizer.pieces[i]) or not text or "\ufffd" in text:
             continue
         if not text.isalpha() or (ascii_only and not text.isascii()) or text.lower() in banned:
+            continue
+        if lowercase_only and not text.islower():
             continue
         valid[i] = True
         initial[i] = tokenizer.is_word_initial(i)

@@ -1,0 +1,85 @@
+"""``salmonn-symbols fit|validate|test --config configs/<name>.yaml [overrides]`` through LightningCLI.
+
+The config mirrors the typed ``__init__`` arguments of `SymbolLitModule` and `SymbolDataModule`; a misspelt
+key is an error that names it. Every run saves its resolved config (``config.yaml``) in its log folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..data.datamodule import SymbolDataModule
+from .module import SymbolLitModule
+from .schedule import CycleSchedule
+
+__all__ = ["AtomicCheckpointIO", "SymbolCLI", "run_lightning_cli"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location=None, weights_only: bool | None = None):
+        # Our checkpoints hold plain types only, so they always load with weights_only=True.
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class SymbolCLI(LightningCLI):
+    """LightningCLI with the framework's defaults: one fit for all cycles, our samplers, atomic checkpoints."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=200,
+            help="save checkpoints/last.ckpt every N optimizer steps (phase ends always save)",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        s = cfg.model.schedule
+        sched = CycleSchedule(**vars(s)) if s is not None else CycleSchedule()
+        cfg.trainer.max_epochs = sched.total_epochs  # the schedule decides the length of the run
+
+    def instantiate_trainer(self, **kwargs: Any):
+        every = self.config[self.subcommand].checkpoint_every_n_steps if self.subcommand else 200
+        ckpt = ModelCheckpoint(filename="step-{step}", every_n_train_steps=every, save_last=True, save_top_k=1)
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [ckpt]
+        kwargs["plugins"] = list(kwargs.get("plugins") or []) + [AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+
+def run_lightning_cli(args: list[str]) -> int:
+    """Runs a LightningCLI subcommand with the framework's trainer defaults."""
+    SymbolCLI(
+        SymbolLitModule,
+        SymbolDataModule,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "use_distributed_sampler": False,  # the batch samplers shard by rank themselves
+            "reload_dataloaders_every_n_epochs": 1,
+            "num_sanity_val_steps": 0,
+        },
+    )
+    return 0

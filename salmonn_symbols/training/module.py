@@ -1,0 +1,451 @@
+"""SymbolLitModule: alternating LoRA / symbol-MLP training with discovery, in one ``fit``.
+
+    setup ─► random 2-token symbols (cycle 0, saved before any training)
+    every epoch: CycleSchedule.at(epoch) → (cycle, phase)
+       LoRA phase: symbols through the frozen MLP (soft by default), only the LoRA optimizer steps
+       MLP phase:  symbols through MLP + soft quantization (annealed T), only the MLP optimizer steps
+       validation: accuracy / macro-F1 per dataset, soft · hard · original labels
+       end of a cycle's last MLP epoch: discovery (fp32, rank 0) ─broadcast─► new symbols; cycle_N_*.json
+
+Both trainable groups keep ``requires_grad=True`` for the whole run, so DDP registers them once and all-reduces
+both; freezing is done by not stepping, which leaves the frozen group bitwise unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from ..data.metrics import MetricAccumulator
+from ..model.builders import SpeechLLMConfig, build_speech_llm
+from ..model.checkpoint import trainable_state_dict
+from ..symbols import (
+    DiscoveryConfig,
+    SymbolBook,
+    SymbolTokenizer,
+    TemperatureSchedule,
+    build_candidate_masks,
+    final_mapping,
+    load_override,
+    run_discovery,
+    write_discovery,
+)
+from .evaluation import EVAL_MODES, gather_accumulator, predict_batch
+from .schedule import CycleSchedule, PhaseInfo
+
+__all__ = ["SymbolLitModule"]
+
+log = logging.getLogger(__name__)
+
+
+class SymbolLitModule(L.LightningModule):
+    """The symbol-discovery training system.
+
+    Args:
+        model: Model paths and shapes (a named size's fields; see `SpeechLLMConfig`).
+        schedule: Cycles and phase lengths.
+        lora_lr: Learning rate of the LoRA optimizer.
+        mlp_lr: Learning rate of the symbol-MLP optimizer.
+        lora_weight_decay: AdamW weight decay of LoRA.
+        mlp_weight_decay: AdamW weight decay of the MLP.
+        warmup_steps: Linear warm-up of each optimizer, counted in its own steps.
+        max_grad_norm: Gradient clipping of the active group (0 disables).
+        lora_phase_symbols: What symbol positions get in LoRA phases: "soft" (frozen MLP + soft quantization),
+            "hard" (frozen MLP + argmax) or "raw" (the symbols' own embeddings).
+        temperature: Soft-quantization temperature over each MLP phase.
+        symbol_seed: Seed of the random symbols of cycle 0.
+        symbol_tokens: Tokens per random symbol.
+        discovery: Thresholds and sizes of discovery.
+        rescore: Re-score the top-k candidates by task loss on validation data before choosing.
+        rescore_samples: Validation samples per label for re-scoring.
+        rollback_margin: Restore the previous mapping if the soft validation accuracy of a cycle drops by more
+            than this (absolute) below the best so far; negative disables.
+        override_file: JSON of label -> symbol applied at every discovery.
+        eval_modes: Validation conditions among "soft", "hard", "original".
+        verify_groups: After every epoch, check that the frozen group is bitwise unchanged and that all ranks
+            hold identical trainable weights (digests are appended to ``phase_checks.jsonl``).
+        output_dir: Where discovery files go (default: the Trainer's log dir).
+    """
+
+    def __init__(
+        self,
+        model: SpeechLLMConfig | None = None,
+        schedule: CycleSchedule | None = None,
+        lora_lr: float = 1e-4,
+        mlp_lr: float = 1e-3,
+        lora_weight_decay: float = 0.01,
+        mlp_weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        max_grad_norm: float = 1.0,
+        lora_phase_symbols: str = "soft",
+        temperature: TemperatureSchedule | None = None,
+        symbol_seed: int = 0,
+        symbol_tokens: int = 2,
+        discovery: DiscoveryConfig | None = None,
+        rescore: bool = True,
+        rescore_samples: int = 32,
+        rollback_margin: float = 0.1,
+        override_file: str | None = None,
+        eval_modes: list[str] | None = None,
+        verify_groups: bool = True,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        self.model_cfg = model or SpeechLLMConfig.from_name("tiny")
+        self.schedule = schedule or CycleSchedule()
+        self.temperature = temperature or TemperatureSchedule()
+        self.discovery_cfg = discovery or DiscoveryConfig()
+        self.eval_modes = list(eval_modes or EVAL_MODES)
+        bad = [m for m in self.eval_modes if m not in EVAL_MODES] + (
+            [lora_phase_symbols] if lora_phase_symbols not in ("soft", "hard", "raw") else []
+        )
+        if bad:
+            raise ValueError(
+                f"unknown mode(s) {bad}: eval_modes take {list(EVAL_MODES)}, lora_phase_symbols takes soft|hard|raw"
+            )
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = None
+        self.tokenizer = None
+        self.book: SymbolBook | None = None
+        self.symtok: SymbolTokenizer | None = None
+        self.best_soft_acc = -math.inf
+        self.wandb_id: str | None = None
+        self._accs: dict[str, MetricAccumulator] = {}
+        self._last_eval: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------------------------------- building
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model, self.tokenizer = build_speech_llm(self.model_cfg)
+        self.symtok = SymbolTokenizer(self.tokenizer)
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        dm = self.trainer.datamodule
+        if self.book is None:
+            book = SymbolBook.create(
+                dm.labels, self.symtok, seed=self.hparams.symbol_seed, n_tokens=self.hparams.symbol_tokens
+            )
+            # every rank draws the same words; rank 0's are broadcast anyway so a tokenizer quirk cannot split them
+            self.book = SymbolBook.from_state_dict(self.trainer.strategy.broadcast(book.state_dict(), src=0))
+        vocab = self.model.llm.get_input_embeddings().weight.shape[0]
+        self.model.symbols.set_candidate_masks(build_candidate_masks(self.symtok, vocab, self.book.labels))
+        self._apply_symbols()
+        dm.bind(self.tokenizer, self.book)
+        out = self.out_dir  # resolved collectively before any rank-0-only write
+        if self.trainer.is_global_zero:
+            self._write_json("symbols_cycle_0.json", self.book.state_dict())
+        log.info("run outputs: %s", out)
+
+    def _apply_symbols(self) -> None:
+        self.model.symbols.set_symbols([self.symtok.word_ids(s) for s in self.book.symbols])
+
+    @property
+    def out_dir(self) -> Path:
+        """Folder of this run's discovery files and exports (resolved in `setup`, on every rank)."""
+        if getattr(self, "_out_dir", None) is None:
+            # trainer.log_dir broadcasts from rank 0: every rank must ask, never rank 0 alone
+            self._out_dir = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        return self._out_dir
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        from ..io import atomic_write_json
+
+        atomic_write_json(self.out_dir / name, obj)
+
+    # ------------------------------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        h = self.hparams
+        lora = torch.optim.AdamW(self.model.lora_parameters(), lr=h.lora_lr, weight_decay=h.lora_weight_decay)
+        mlp = torch.optim.AdamW(self.model.symbol_parameters(), lr=h.mlp_lr, weight_decay=h.mlp_weight_decay)
+        warm = max(1, h.warmup_steps)
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm)) for o in (lora, mlp)]
+        return [lora, mlp], scheds
+
+    # ------------------------------------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        sampler = self.trainer.datamodule.train_sampler
+        if sampler is not None:  # Lightning only sets the epoch of samplers it owns
+            sampler.set_epoch(self.current_epoch)
+        info = self.phase()
+        log.info("epoch %d: cycle %d, %s phase", self.current_epoch, info.cycle, info.phase)
+        self._start_digests = self._digests()
+
+    def _digests(self) -> dict[str, str]:
+        return {"lora": _digest(self.model.lora_parameters()), "mlp": _digest(self.model.symbol_parameters())}
+
+    def _check_groups(self, info: PhaseInfo) -> None:
+        """Frozen group bitwise unchanged this epoch, and every rank holding the same weights."""
+        end = self._digests()
+        frozen = "mlp" if info.phase == "lora" else "lora"
+        start = getattr(self, "_start_digests", None) or end
+        ranks = [end]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, end)
+        record = {"epoch": self.current_epoch, "cycle": info.cycle, "phase": info.phase, "start": start, "ranks": ranks}
+        if self.trainer.is_global_zero:
+            from ..io import atomic_write_text
+
+            path = self.out_dir / "phase_checks.jsonl"
+            old = path.read_text() if path.exists() else ""
+            atomic_write_text(path, old + json.dumps(record) + "\n")
+        if end[frozen] != start[frozen]:
+            raise RuntimeError(f"the frozen {frozen} group changed during a {info.phase} epoch: {record}")
+        if any(r != ranks[0] for r in ranks):
+            raise RuntimeError(f"trainable weights differ between ranks after epoch {self.current_epoch}: {record}")
+
+    def phase(self) -> PhaseInfo:
+        """The cycle and phase of the current epoch."""
+        return self.schedule.at(min(self.current_epoch, self.schedule.total_epochs - 1))
+
+    def _temperature(self, info: PhaseInfo, batch_idx: int) -> float:
+        n = max(1, self.trainer.num_training_batches * info.phase_epochs)
+        return self.temperature((info.epoch_in_phase * self.trainer.num_training_batches + batch_idx) / n)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "wav" not in batch:  # every sample of the batch was skipped
+            return None
+        info = self.phase()
+        mode = "soft" if info.phase == "mlp" else self.hparams.lora_phase_symbols
+        temp = self._temperature(info, batch_idx)
+        out = self.model(batch, symbol_mode=mode, temperature=temp)
+        loss = out.loss
+        if mode != "soft":
+            # keeps the MLP in the graph with a zero gradient, so DDP's reducer finds a gradient for every
+            # parameter it registered; the MLP optimizer does not step in this phase anyway
+            loss = loss + 0.0 * sum(p.sum() for p in self.model.symbol_parameters())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.global_step} (cycle {info.cycle}, {info.phase} phase); "
+                f"nothing was stepped, the last checkpoint in {self.out_dir} is intact. Lower lora_lr/mlp_lr or "
+                f"check the data with `salmonn-symbols check-data`."
+            )
+        opt_lora, opt_mlp = self.optimizers()
+        sched_lora, sched_mlp = self.lr_schedulers()
+        active, sched, params = (
+            (opt_mlp, sched_mlp, self.model.symbol_parameters())
+            if info.phase == "mlp"
+            else (opt_lora, sched_lora, self.model.lora_parameters())
+        )
+        opt_lora.zero_grad(set_to_none=True)
+        opt_mlp.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm)
+        active.step()
+        sched.step()
+        opt_lora.zero_grad(set_to_none=True)
+        opt_mlp.zero_grad(set_to_none=True)
+        bs = batch["wav"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        self.log_dict(
+            {
+                "train/cycle": float(info.cycle),
+                "train/phase": float(info.phase == "mlp"),
+                "train/temperature": temp,
+                "train/skipped": float(len(batch["skipped"])),
+            },
+            batch_size=bs,
+        )
+        return loss
+
+    # ----------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        self._accs = {
+            m: MetricAccumulator({t.name: (t.labels, t.multi_label) for t in dm.tasks}) for m in self.eval_modes
+        }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "wav" not in batch:
+            return
+        dm = self.trainer.datamodule
+        tasks = {t.name: t for t in dm.tasks}
+        speech = self.model.encode_speech(batch["wav"], batch["wav_lengths"])
+        temp = self.temperature(1.0)
+        for mode in self.eval_modes:
+            preds = predict_batch(self.model, batch, speech, tasks, self.book, dm.prompts, mode, temp)
+            for d in set(batch["datasets"]):
+                rows = [r for r, x in enumerate(batch["datasets"]) if x == d]
+                self._accs[mode].update(d, [preds[r] for r in rows], [batch["gold"][r] for r in rows])
+
+    def on_validation_epoch_end(self) -> None:
+        tasks = self.trainer.datamodule.tasks
+        metrics: dict[str, float] = {}
+        for mode, acc in self._accs.items():
+            acc = gather_accumulator(acc, tasks)
+            if not any(acc.state_dict()["golds"].values()):
+                continue
+            values = acc.compute()
+            self._last_eval[mode] = values
+            prefix = "val" if mode == "soft" else f"val_{mode}"
+            for key, v in values.items():  # "ds/acc" -> "val/acc/ds"
+                ds, metric = key.split("/", 1)
+                metrics[f"{prefix}/{metric}/{ds}"] = v
+        # identical on every rank (gathered), so no further reduction is needed
+        self.log_dict(metrics, prog_bar=False, rank_zero_only=False, sync_dist=False)
+
+    # ----------------------------------------------------------------------------------------- discovery
+    def on_train_epoch_end(self) -> None:
+        info = self.phase()
+        if self.hparams.verify_groups:
+            self._check_groups(info)
+        if info.phase == "lora" and info.phase_end and info.cycle > 1:
+            self._maybe_rollback(info)
+        if info.discover_after:
+            self._discover(info.cycle)
+        if info.phase_end:  # after discovery, so the checkpoint holds the new symbols
+            self.trainer.save_checkpoint(self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt")
+
+    def _maybe_rollback(self, info: PhaseInfo) -> None:
+        acc = self._last_eval.get("soft", {}).get("mean/acc")
+        if acc is None or self.hparams.rollback_margin < 0:
+            return
+        if acc < self.best_soft_acc - self.hparams.rollback_margin and len(self.book.history) > 1:
+            note = f"val/acc/mean {acc:.3f} fell below the best {self.best_soft_acc:.3f} by more than the margin"
+            log.warning("cycle %d: rolling back the symbols: %s", info.cycle, note)
+            self.book.rollback(cycle=info.cycle, note=note)
+            self._apply_symbols()
+        self.best_soft_acc = max(self.best_soft_acc, acc)
+
+    def _discover(self, cycle: int) -> None:
+        mapping = None
+        if self.trainer.is_global_zero:
+            mapping = self._discover_on_rank_zero(cycle)
+        mapping = self.trainer.strategy.broadcast(mapping, src=0)
+        self.book.update(mapping, cycle=cycle, source="discovered")
+        self._apply_symbols()
+
+    def _discover_on_rank_zero(self, cycle: int) -> dict[str, str]:
+        dm = self.trainer.datamodule
+        override = (
+            load_override(self.hparams.override_file, self.book, self.symtok) if self.hparams.override_file else None
+        )
+        rescore = None
+        if self.hparams.rescore:
+            from ..data.dataset import SpeechDataset
+            from .rescoring import TaskLossRescorer
+
+            val = SpeechDataset(dm.load_split("validation"), dm.tasks, "skip")
+            rescore = TaskLossRescorer(
+                self.model, val, dm.transform, dm.prompts, self.book, self.hparams.rescore_samples
+            )
+        weight = self.model.llm.get_input_embeddings().weight
+        with torch.autocast(device_type=weight.device.type, enabled=False):  # discovery is fp32 by design
+            tokens, changes = run_discovery(
+                self.book,
+                self.symtok,
+                self.model.symbols.mlp,
+                weight,
+                self.model_masks(),
+                self.discovery_cfg,
+                override=override,
+                rescore=rescore,
+            )
+        write_discovery(self.out_dir / "discovery", cycle, tokens, changes)
+        from .wandb_tables import log_discovery
+
+        log_discovery(self.logger, cycle, changes, self.book, self._last_eval, self.global_step)
+        return final_mapping(changes)
+
+    def model_masks(self):
+        """The candidate masks the model's quantizers use."""
+        from ..symbols import CandidateMasks
+
+        return CandidateMasks(self.model.symbols.mask_initial.cpu(), self.model.symbols.mask_continuation.cpu())
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Base weights are frozen and live in their own files: the checkpoint keeps only what trains.
+        checkpoint["state_dict"] = trainable_state_dict(self.model)
+        checkpoint["state_dict"] = {f"model.{k}": v for k, v in checkpoint["state_dict"].items()}
+        checkpoint["symbols"] = self.book.state_dict()
+        checkpoint["cycle_state"] = {
+            "best_soft_acc": float(self.best_soft_acc),
+            "wandb_id": self.wandb_id,
+            "model_cfg": asdict(self.model_cfg),
+        }
+        checkpoint["rng"] = _rng_state()
+        checkpoint["sampler"] = {
+            "epoch": self.current_epoch,
+            "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.configure_model()
+        own = {f"model.{k}" for k in trainable_state_dict(self.model)}
+        missing = sorted(own - set(checkpoint["state_dict"]))
+        extra = sorted(set(checkpoint["state_dict"]) - own)
+        if missing or extra:
+            raise ValueError(f"checkpoint does not match this model: missing {missing[:5]}, unexpected {extra[:5]}")
+        self.strict_loading = False
+        if self.book is None:
+            self.book = SymbolBook.from_state_dict(checkpoint["symbols"])
+        else:
+            self.book.load_state_dict(checkpoint["symbols"])
+        state = checkpoint.get("cycle_state", {})
+        self.best_soft_acc = state.get("best_soft_acc", -math.inf)
+        self.wandb_id = state.get("wandb_id")
+        self._resume_rng = checkpoint.get("rng")
+        # the position the training step consumed, not what prefetching workers had already drawn
+        self.trainer.datamodule.resume_sampler(checkpoint.get("sampler"))
+
+    def on_train_start(self) -> None:
+        if getattr(self, "_resume_rng", None):
+            _set_rng_state(self._resume_rng)
+        self._resume_rng = None
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            from ..model.checkpoint import save_lora_adapter, save_trainable
+
+            save_trainable(self.model, self.out_dir / "export" / "trainable.safetensors")
+            save_lora_adapter(self.model, self.out_dir / "export" / "lora_adapter")
+            self._write_json("symbols_final.json", self.book.state_dict())
+
+
+def _digest(params: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    st = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": [st[0], st[1].tolist(), st[2], st[3], st[4]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
