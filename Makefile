@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP) ## Create .venv and install the package (editable, with dev extras) and espeak-ng
 	@echo "environment ready: $(VENV)"
 
-demo: $(STAMP) ## Run the main job on the built-in tiny setup (a few minutes on CPU)
+demo: $(STAMP) ## Synthetic speech set + tiny SALMONN + 2 full cycles on CPU; prints the symbol evolution
 	$(BIN)/salmonn-symbols demo --out runs/demo
 
 test: $(STAMP) ## Lint and run every CPU test, slow ones included (what CI runs)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -68,15 +69,14 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert re.search(r"found only \d+ of 5 valid symbol words after 3 attempts", capsys.readouterr().err)
 
 
-def test_demo_writes_valid_discovery_files_and_evolution(tmp_path, capsys):
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
+def test_demo_runs_two_cycles_and_prints_the_evolution(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    capsys.readouterr()
-    assert main(["validate-discovery", str(tmp_path / "discovery")]) == 0
-    assert main(["show-evolution", str(tmp_path / "discovery")]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[-5].split() == ["label", "cycle0", "cycle1"]
-    changed = [row for row in table[-4:] if row.split()[1] != row.split()[2]]
-    assert changed, "the demo's stand-in objective should move at least one symbol"
+    out = capsys.readouterr().out
+    run = sorted((tmp_path / "logs").glob("version_*"))[-1]
+    assert main(["validate-discovery", str(run / "discovery")]) == 0
+    assert "cycle_2_symbols.json" in out and "label" in out and "cycle2" in out
+    assert "validation accuracy" in out
 
 
 def test_bench_reports_measured_figures(tmp_path, capsys):

@@ -73,9 +73,11 @@ def _decode(job: tuple[Sample, TaskConfig]) -> float | str:
     return item["wav"].numel() / SAMPLE_RATE
 
 
-def check_data(target: str, workers: int = 2, progress: bool = True, out=sys.stdout) -> int:
+def check_data(target: str, workers: int = 2, progress: bool = True, out=None) -> int:
     """Checks a task YAML (all its splits) or a single manifest; returns the number of problems."""
     from tqdm import tqdm
+
+    out = out or sys.stdout  # looked up at call time: sys.stdout may have been replaced since import
 
     problems: list[str] = []
     labels: Counter = Counter()

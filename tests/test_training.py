@@ -1,0 +1,184 @@
+"""The training system end to end at tiny size: cycles, discovery files, frozen groups, checkpoints, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from salmonn_symbols.cli import main
+from salmonn_symbols.symbols import validate_discovery_dir
+from salmonn_symbols.training.schedule import CycleSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="needs espeak-ng")
+
+
+def test_schedule():
+    s = CycleSchedule(cycles=2, lora_epochs=1, mlp_epochs=2, final_lora_epochs=1)
+    assert s.total_epochs == 7
+    got = [(i.cycle, i.phase, i.discover_after, i.phase_end) for i in map(s.at, range(7))]
+    assert got == [
+        (1, "lora", False, True),
+        (1, "mlp", False, False),
+        (1, "mlp", True, True),
+        (2, "lora", False, True),
+        (2, "mlp", False, False),
+        (2, "mlp", True, True),
+        (3, "lora", False, True),
+    ]
+    with pytest.raises(ValueError):
+        s.at(7)
+    with pytest.raises(ValueError):
+        CycleSchedule(mlp_epochs=0)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from salmonn_symbols.data.synthetic import make_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    return make_dataset(out, tasks=("speaker", "command"), train_per_label=3, val_per_label=1, test_per_label=1)
+
+
+def _config(tmp_path, synth, **model):
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["trainer"]["default_root_dir"] = str(tmp_path)
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
+    cfg["trainer"]["enable_progress_bar"] = False
+    cfg["data"]["tasks"] = [str(p) for p in synth.values()]
+    cfg["model"]["schedule"] = {"cycles": 2, "lora_epochs": 1, "mlp_epochs": 1}
+    cfg["model"].update(model)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run_dir(tmp_path):
+    return sorted((tmp_path / "logs").glob("version_*"))[-1]
+
+
+def test_fit_runs_cycles_and_writes_everything(tmp_path, synth):
+    assert main(["fit", "--config", str(_config(tmp_path, synth))]) == 0
+    run = _run_dir(tmp_path)
+    # cycle 0 was saved before training, then one discovery per cycle, schema-valid
+    start = json.loads((run / "symbols_cycle_0.json").read_text())
+    assert set(start["mapping"]) == {
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "stop",
+        "play",
+        "pause",
+        "louder",
+        "quieter",
+        "next",
+    }
+    files = validate_discovery_dir(run / "discovery")
+    assert sorted(p.name for p in files) == [
+        "cycle_1_symbols.json",
+        "cycle_1_tokens.json",
+        "cycle_2_symbols.json",
+        "cycle_2_tokens.json",
+    ]
+    c1 = json.loads((run / "discovery" / "cycle_1_symbols.json").read_text())
+    c2 = json.loads((run / "discovery" / "cycle_2_symbols.json").read_text())
+    assert {c["original_label"]: c["current_symbol"] for c in c1["symbol_changes"]} == start["mapping"]
+    assert {c["original_label"]: c["current_symbol"] for c in c2["symbol_changes"]} == c1["final_mappings"]
+    final = json.loads((run / "symbols_final.json").read_text())
+    assert final["mapping"] == c2["final_mappings"] and len(final["history"]) == 3
+    # frozen groups bitwise unchanged, the active group moved
+    checks = [json.loads(x) for x in (run / "phase_checks.jsonl").read_text().splitlines()]
+    assert [c["phase"] for c in checks] == ["lora", "mlp", "lora", "mlp"]
+    for c in checks:
+        end = c["ranks"][0]
+        frozen, active = ("mlp", "lora") if c["phase"] == "lora" else ("lora", "mlp")
+        assert end[frozen] == c["start"][frozen] and end[active] != c["start"][active]
+    # metrics in original labels, three ways, with cycle and phase
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in (
+        "train/loss",
+        "train/cycle",
+        "train/phase",
+        "val/acc/mean",
+        "val/f1/synth_speaker",
+        "val_hard/acc/mean",
+        "val_original/acc/mean",
+    ):
+        assert key in header, key
+    # resolved config, exports
+    assert (run / "config.yaml").exists()
+    assert (run / "export" / "trainable.safetensors").exists()
+    assert (run / "export" / "lora_adapter" / "adapter_config.json").exists()
+
+
+def test_checkpoints_hold_trainable_state_only_and_load_weights_only(tmp_path, synth):
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(_config(tmp_path, synth)),
+                "--model.schedule.cycles",
+                "1",
+                "--model.rescore",
+                "false",
+            ]
+        )
+        == 0
+    )
+    run = _run_dir(tmp_path)
+    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert {"cycle1-lora-end.ckpt", "cycle1-mlp-end.ckpt", "last.ckpt"} <= set(names)
+    ckpt = torch.load(run / "checkpoints" / "cycle1-mlp-end.ckpt", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k or k.startswith("model.symbols.mlp.") for k in keys)
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
+    assert ckpt["symbols"]["history"][-1]["source"] == "discovered"
+    assert {"torch", "python", "numpy"} <= set(ckpt["rng"]) and "batches_done" in ckpt["sampler"]
+    assert ckpt["cycle_state"]["model_cfg"]["llm_size"] == "tiny"
+
+
+def test_config_typo_names_the_key(tmp_path, synth, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(_config(tmp_path, synth)), "--model.lora_lrr", "1e-3"])
+    assert "lora_lrr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp(tmp_path, synth):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "salmonn_symbols",
+        "fit",
+        "--config",
+        str(_config(tmp_path, synth)),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "logs").glob("version_*"))
+    assert len(runs) == 1  # one run folder, one set of files
+    run = runs[0]
+    assert sorted(p.name for p in (run / "discovery").iterdir()) == [
+        "cycle_1_symbols.json",
+        "cycle_1_tokens.json",
+        "cycle_2_symbols.json",
+        "cycle_2_tokens.json",
+    ]
+    checks = [json.loads(x) for x in (run / "phase_checks.jsonl").read_text().splitlines()]
+    assert len(checks) == 4
+    for c in checks:
+        assert len(c["ranks"]) == 2 and c["ranks"][0] == c["ranks"][1]  # identical weights on both ranks
+        frozen = "mlp" if c["phase"] == "lora" else "lora"
+        assert c["ranks"][0][frozen] == c["start"][frozen]
