@@ -49,6 +49,13 @@ class SymbolCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="one folder for the whole run (logs, checkpoints, discovery files, config); "
+            "needed to resume with --ckpt_path last",
+        )
+        parser.add_argument(
             "--checkpoint_every_n_steps",
             type=int,
             default=200,
@@ -60,12 +67,39 @@ class SymbolCLI(LightningCLI):
         s = cfg.model.schedule
         sched = CycleSchedule(**vars(s)) if s is not None else CycleSchedule()
         cfg.trainer.max_epochs = sched.total_epochs  # the schedule decides the length of the run
+        if cfg.get("run_dir"):
+            self._use_run_dir(cfg, cfg.run_dir)
+        elif cfg.get("ckpt_path") == "last":
+            raise ValueError("--ckpt_path last resumes the run in --run_dir: give the same --run_dir as the first run")
+
+    @staticmethod
+    def _use_run_dir(cfg, run_dir: str) -> None:
+        cfg.model.output_dir = run_dir
+        cfg.trainer.default_root_dir = run_dir
+        logger = cfg.trainer.logger
+        for lg in logger if isinstance(logger, list) else [logger]:
+            path = getattr(lg, "class_path", "") or ""
+            if path.endswith("CSVLogger"):
+                lg.init_args.save_dir, lg.init_args.name, lg.init_args.version = run_dir, "", ""
+            elif path.endswith("WandbLogger"):
+                lg.init_args.save_dir = run_dir
 
     def instantiate_trainer(self, **kwargs: Any):
         every = self.config[self.subcommand].checkpoint_every_n_steps if self.subcommand else 200
-        ckpt = ModelCheckpoint(filename="step-{step}", every_n_train_steps=every, save_last=True, save_top_k=1)
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [ckpt]
-        kwargs["plugins"] = list(kwargs.get("plugins") or []) + [AtomicCheckpointIO()]
+        run_dir = self.config[self.subcommand].get("run_dir") if self.subcommand else None
+        ckpt = ModelCheckpoint(
+            dirpath=os.path.join(run_dir, "checkpoints") if run_dir else None,
+            filename="step-{step}",
+            every_n_train_steps=every,
+            save_last=True,
+            save_top_k=1,
+        )
+        trainer_cfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
+        # appended to the configured lists: passing them as kwargs would replace the user's callbacks
+        cbs = trainer_cfg.get("callbacks") or []
+        trainer_cfg["callbacks"] = (list(cbs) if isinstance(cbs, list) else [cbs]) + [ckpt]
+        plugins = trainer_cfg.get("plugins") or []
+        trainer_cfg["plugins"] = (list(plugins) if isinstance(plugins, list) else [plugins]) + [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 

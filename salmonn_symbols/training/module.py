@@ -380,7 +380,9 @@ class SymbolLitModule(L.LightningModule):
         checkpoint["rng"] = _rng_state()
         checkpoint["sampler"] = {
             "epoch": self.current_epoch,
-            "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+            # processed, not completed: a step checkpoint is taken before Lightning marks the batch completed,
+            # and a resumed run continues after it
+            "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
