@@ -240,3 +240,68 @@ def test_sigkill_mid_phase_and_resume_gives_the_same_result(tmp_path, synth):
         a = json.loads((tmp_path / "ref" / "discovery" / name).read_text())
         b = json.loads((tmp_path / "run" / "discovery" / name).read_text())
         assert a["final_mappings"] == b["final_mappings"]
+
+
+def test_wandb_offline_logs_tables_and_files(tmp_path, synth, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(_config(tmp_path, synth)),
+                "--trainer.logger",
+                "null",
+                "--run_dir",
+                str(run),
+                "--model.rescore",
+                "false",
+            ]
+        )
+        == 0
+    )
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    tables = {p.name.split("_")[0] for p in (offline[0] / "files" / "media" / "table" / "discovery").iterdir()}
+    assert {"symbols", "evolution", "similarity", "accuracy"} <= tables
+    saved = {p.name for p in (offline[0] / "files").rglob("*.json*")} | {
+        p.name for p in (offline[0] / "files").rglob("*.yaml")
+    }
+    assert {"cycle_1_symbols.json", "cycle_2_tokens.json", "config.yaml"} <= saved
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["cycle_state"]["wandb_id"] == offline[0].name.split("-")[-1]
+
+
+def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    copy = tmp_path / "synth"
+    shutil.copytree(Path(synth["speaker"]).parent.parent, copy)
+    first = json.loads((copy / "speaker" / "train.jsonl").read_text().splitlines()[0])
+    sf.write(copy / "speaker" / first["audio"], np.zeros(16000, dtype=np.float32), 16000)  # an all-zero clip
+    cfg = _config(tmp_path, {k: copy / k / "task.yaml" for k in synth})
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(cfg),
+                "--data.on_bad_sample",
+                "skip",
+                "--run_dir",
+                str(tmp_path / "run"),
+                "--model.schedule.cycles",
+                "1",
+                "--model.rescore",
+                "false",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(x) for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [first["id"]] and lines[0]["what"] == "audio is all zeros"

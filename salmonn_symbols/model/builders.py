@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -133,12 +134,27 @@ def _build_llm(cfg: SpeechLLMConfig, vocab_size: int | None):
     return llm.to(_DTYPES[cfg.llm_dtype]) if cfg.llm_dtype else llm
 
 
+def _check_paths(cfg: SpeechLLMConfig) -> None:
+    """Fails before any loading, naming the config key of every weight path that does not exist."""
+    missing = [
+        f"{key} = {path}"
+        for key in ("llm_path", "whisper_path", "beats_path", "salmonn_ckpt", "tokenizer_path")
+        if (path := getattr(cfg, key)) and not path.startswith("builtin:") and not Path(path).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            "model weights not found: " + "; ".join(missing) + ". Put the files where checkpoints/README.md says, "
+            "or point the keys (model.model.<key> in a run config) at them; set a key to null for random init."
+        )
+
+
 def build_speech_llm(cfg: SpeechLLMConfig, with_tokenizer: bool = True):
     """Assembles `SpeechLLM` (and its tokenizer) from ``cfg``, loading every weight that has a path.
 
     Returns:
         ``(model, tokenizer)``; ``tokenizer`` is None when ``with_tokenizer`` is False.
     """
+    _check_paths(cfg)
     tok_spec = cfg.tokenizer_path or cfg.llm_path or "builtin:tiny"
     tokenizer = load_tokenizer(tok_spec) if with_tokenizer else None
     whisper = (

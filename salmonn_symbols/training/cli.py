@@ -67,10 +67,28 @@ class SymbolCLI(LightningCLI):
         s = cfg.model.schedule
         sched = CycleSchedule(**vars(s)) if s is not None else CycleSchedule()
         cfg.trainer.max_epochs = sched.total_epochs  # the schedule decides the length of the run
+        if cfg.trainer.logger is None or cfg.trainer.logger is True:
+            cfg.trainer.logger = _default_wandb(cfg.get("run_dir") or cfg.trainer.default_root_dir or "runs")
         if cfg.get("run_dir"):
             self._use_run_dir(cfg, cfg.run_dir)
+        if cfg.get("ckpt_path"):
+            self._resume_wandb(cfg)
         elif cfg.get("ckpt_path") == "last":
             raise ValueError("--ckpt_path last resumes the run in --run_dir: give the same --run_dir as the first run")
+
+    @staticmethod
+    def _resume_wandb(cfg) -> None:
+        """Continues the same W&B run (one monotonic step axis) when resuming from a checkpoint."""
+        path = cfg.ckpt_path
+        if path == "last" and cfg.get("run_dir"):
+            path = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
+        if not os.path.isfile(path):
+            return
+        wandb_id = torch.load(path, map_location="cpu", weights_only=True).get("cycle_state", {}).get("wandb_id")
+        logger = cfg.trainer.logger
+        for lg in logger if isinstance(logger, list) else [logger]:
+            if wandb_id and getattr(lg, "class_path", "").endswith("WandbLogger"):
+                lg.init_args.id, lg.init_args.resume = wandb_id, "allow"
 
     @staticmethod
     def _use_run_dir(cfg, run_dir: str) -> None:
@@ -101,6 +119,19 @@ class SymbolCLI(LightningCLI):
         plugins = trainer_cfg.get("plugins") or []
         trainer_cfg["plugins"] = (list(plugins) if isinstance(plugins, list) else [plugins]) + [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+
+def _default_wandb(save_dir: str):
+    """W&B, offline unless an API key is configured (``wandb sync <run>/wandb/offline-run-*`` uploads it)."""
+    from jsonargparse import Namespace
+
+    online = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
+    return Namespace(
+        class_path="lightning.pytorch.loggers.WandbLogger",
+        init_args=Namespace(
+            project=os.environ.get("WANDB_PROJECT", "salmonn-symbols"), save_dir=save_dir, offline=not online
+        ),
+    )
 
 
 def run_lightning_cli(args: list[str]) -> int:

@@ -121,6 +121,7 @@ class SymbolLitModule(L.LightningModule):
         self.best_soft_acc = -math.inf
         self.wandb_id: str | None = None
         self._accs: dict[str, MetricAccumulator] = {}
+        self._skipped: list = []
         self._last_eval: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------------------- building
@@ -216,11 +217,19 @@ class SymbolLitModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if "wav" not in batch:  # every sample of the batch was skipped
+            self._skipped += batch["skipped"]
             return None
         info = self.phase()
         mode = "soft" if info.phase == "mlp" else self.hparams.lora_phase_symbols
         temp = self._temperature(info, batch_idx)
-        out = self.model(batch, symbol_mode=mode, temperature=temp)
+        self._skipped += batch["skipped"]
+        try:
+            out = self.model(batch, symbol_mode=mode, temperature=temp)
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"GPU out of memory at batch size {batch['wav'].shape[0]}: lower data.batch_size, or set "
+                f"model.model.gradient_checkpointing: true (the checkpoints written so far are intact). {e}"
+            ) from None
         loss = out.loss
         if mode != "soft":
             # keeps the MLP in the graph with a zero gradient, so DDP's reducer finds a gradient for every
@@ -250,6 +259,13 @@ class SymbolLitModule(L.LightningModule):
         opt_mlp.zero_grad(set_to_none=True)
         bs = batch["wav"].shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        # the progress bar shows where the run is in the schedule
+        self.log_dict(
+            {"cycle": float(info.cycle), "mlp_phase": float(info.phase == "mlp")},
+            prog_bar=True,
+            logger=False,
+            batch_size=bs,
+        )
         self.log_dict(
             {
                 "train/cycle": float(info.cycle),
@@ -269,6 +285,7 @@ class SymbolLitModule(L.LightningModule):
         }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._skipped += batch["skipped"]
         if "wav" not in batch:
             return
         dm = self.trainer.datamodule
@@ -298,7 +315,28 @@ class SymbolLitModule(L.LightningModule):
         self.log_dict(metrics, prog_bar=False, rank_zero_only=False, sync_dist=False)
 
     # ----------------------------------------------------------------------------------------- discovery
+    def _write_skipped(self) -> None:
+        """Gathers the samples skipped on every rank and writes them, with the manifest problems, on rank 0."""
+        from ..data.datamodule import write_skipped
+
+        mine = [p.as_dict() for p in self._skipped]
+        everyone = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            everyone = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, mine)
+        problems = [p.as_dict() for p in self.trainer.datamodule.problems] + [p for r in everyone for p in r]
+        if problems:
+            seen = {json.dumps(p, sort_keys=True): p for p in problems}  # a clip skipped every epoch counts once
+            if self.trainer.is_global_zero:
+                from ..data.manifest import DataProblem
+
+                write_skipped(
+                    self.out_dir / "skipped.jsonl", [DataProblem(p["where"], p["what"], p["id"]) for p in seen.values()]
+                )
+            self.log("train/skipped_total", float(len(seen)), rank_zero_only=False)
+
     def on_train_epoch_end(self) -> None:
+        self._write_skipped()
         info = self.phase()
         if self.hparams.verify_groups:
             self._check_groups(info)
@@ -354,10 +392,10 @@ class SymbolLitModule(L.LightningModule):
                 override=override,
                 rescore=rescore,
             )
-        write_discovery(self.out_dir / "discovery", cycle, tokens, changes)
+        files = write_discovery(self.out_dir / "discovery", cycle, tokens, changes)
         from .wandb_tables import log_discovery
 
-        log_discovery(self.logger, cycle, changes, self.book, self._last_eval, self.global_step)
+        log_discovery(self.loggers, cycle, changes, self.book, self._last_eval, self.global_step, files)
         return final_mapping(changes)
 
     def model_masks(self):
@@ -403,6 +441,16 @@ class SymbolLitModule(L.LightningModule):
         self._resume_rng = checkpoint.get("rng")
         # the position the training step consumed, not what prefetching workers had already drawn
         self.trainer.datamodule.resume_sampler(checkpoint.get("sampler"))
+
+    def on_fit_start(self) -> None:
+        from .wandb_tables import wandb_run
+
+        run = wandb_run(self.loggers) if self.trainer.is_global_zero else None
+        if run is not None:
+            self.wandb_id = run.id
+            cfg = self.out_dir / "config.yaml"
+            if cfg.exists():
+                run.save(str(cfg), base_path=str(self.out_dir), policy="now")
 
     def on_train_start(self) -> None:
         if getattr(self, "_resume_rng", None):

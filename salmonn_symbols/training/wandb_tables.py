@@ -13,7 +13,7 @@ from pathlib import Path
 from ..symbols.book import SymbolBook
 from ..symbols.discovery import SymbolChange
 
-__all__ = ["log_discovery"]
+__all__ = ["log_discovery", "wandb_run"]
 
 _SIM_HISTORY: dict[str, list[tuple[int, float]]] = {}
 
@@ -21,8 +21,14 @@ _SIM_HISTORY: dict[str, list[tuple[int, float]]] = {}
 def _wandb_logger(logger):
     from lightning.pytorch.loggers import WandbLogger
 
-    loggers = logger if isinstance(logger, Sequence) else [logger]
+    loggers = logger if isinstance(logger, Sequence) else [logger] if logger is not None else []
     return next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
+
+
+def wandb_run(logger):
+    """The W&B run of the first WandbLogger among ``logger``, or None."""
+    wb = _wandb_logger(logger)
+    return wb.experiment if wb is not None else None
 
 
 def log_discovery(
