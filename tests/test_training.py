@@ -305,3 +305,59 @@ def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
     )
     lines = [json.loads(x) for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [first["id"]] and lines[0]["what"] == "audio is all zeros"
+
+
+def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth, capsys):
+    for name in ("tiny", "salmonn_13b", "salmonn_7b"):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", str(ROOT / "configs" / f"{name}.yaml"), "--print_config"])
+        assert info.value.code == 0
+    capsys.readouterr()
+    status = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "salmonn_13b.yaml"),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.precision",
+            "32",
+            "--trainer.logger",
+            "false",
+            "--data.num_workers",
+            "0",
+            "--data.tasks",
+            json.dumps([str(p) for p in synth.values()]),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "llm_path = checkpoints/lmsys/vicuna-13b-v1.1" in err
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
+    run = tmp_path / "run"
+    cfg = str(_config(tmp_path, synth))
+    assert (
+        main(
+            ["fit", "--config", cfg, "--run_dir", str(run), "--model.schedule.cycles", "1", "--model.rescore", "false"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    status = main(
+        [
+            "fit",
+            "--config",
+            cfg,
+            "--run_dir",
+            str(run),
+            "--ckpt_path",
+            "last",
+            "--model.model.lora_r",
+            "4",
+            "--model.schedule.cycles",
+            "2",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "model.model.lora_r: 8 -> 4" in err

@@ -7,6 +7,7 @@ key is an error that names it. Every run saves its resolved config (``config.yam
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,18 @@ def _default_wandb(save_dir: str):
 
 
 def run_lightning_cli(args: list[str]) -> int:
-    """Runs a LightningCLI subcommand with the framework's trainer defaults."""
+    """Runs a LightningCLI subcommand; a user-facing error prints one message and returns status 2."""
+    from ..symbols import SymbolGenerationError
+
+    try:
+        _run(args)
+    except (FileNotFoundError, ValueError, SymbolGenerationError, FloatingPointError, torch.OutOfMemoryError) as e:
+        print(f"salmonn-symbols {args[0]}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: list[str]) -> None:
     SymbolCLI(
         SymbolLitModule,
         SymbolDataModule,
@@ -147,4 +159,3 @@ def run_lightning_cli(args: list[str]) -> int:
             "num_sanity_val_steps": 0,
         },
     )
-    return 0

@@ -431,6 +431,7 @@ class SymbolLitModule(L.LightningModule):
         if missing or extra:
             raise ValueError(f"checkpoint does not match this model: missing {missing[:5]}, unexpected {extra[:5]}")
         self.strict_loading = False
+        self._check_resume_config(checkpoint)
         if self.book is None:
             self.book = SymbolBook.from_state_dict(checkpoint["symbols"])
         else:
@@ -451,6 +452,28 @@ class SymbolLitModule(L.LightningModule):
             cfg = self.out_dir / "config.yaml"
             if cfg.exists():
                 run.save(str(cfg), base_path=str(self.out_dir), policy="now")
+
+    _IGNORED_ON_RESUME = ("llm_dtype", "gradient_checkpointing", "tokenizer_path")
+
+    def _check_resume_config(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a resume whose model or label set differs from the checkpoint's in a way that matters."""
+        saved = checkpoint.get("cycle_state", {}).get("model_cfg", {})
+        now = asdict(self.model_cfg)
+        diff = [
+            f"model.model.{k}: {saved[k]!r} -> {now.get(k)!r}"
+            for k in sorted(saved)
+            if k not in self._IGNORED_ON_RESUME and saved[k] != now.get(k)
+        ]
+        labels = checkpoint.get("symbols", {}).get("labels")
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and labels is not None and list(labels) != dm.labels:
+            diff.append(f"data label set: {labels} -> {dm.labels}")
+        if diff:
+            raise ValueError(
+                "cannot resume: the config differs from the checkpoint's in a way that matters:\n  "
+                + "\n  ".join(diff)
+                + "\nresume with the run's saved config.yaml, or start a new run_dir"
+            )
 
     def on_train_start(self) -> None:
         if getattr(self, "_resume_rng", None):
