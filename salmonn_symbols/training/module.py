@@ -345,7 +345,8 @@ class SymbolLitModule(L.LightningModule):
         if info.discover_after:
             self._discover(info.cycle)
         if info.phase_end:  # after discovery, so the checkpoint holds the new symbols
-            self.trainer.save_checkpoint(self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt")
+            path = self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt"
+            self.trainer.save_checkpoint(path, weights_only=False)
 
     def _maybe_rollback(self, info: PhaseInfo) -> None:
         acc = self._last_eval.get("soft", {}).get("mean/acc")
