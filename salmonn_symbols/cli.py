@@ -1,10 +1,17 @@
 """The ``salmonn-symbols`` command.
 
+salmonn-symbols fit --config configs/tiny.yaml --run_dir RUN [--key value ...]   train (LightningCLI; fit --help)
+salmonn-symbols validate|test --config RUN/config.yaml --ckpt_path CKPT           Lightning's other stages
+salmonn-symbols evaluate --ckpt RUN/checkpoints/last.ckpt --config RUN/config.yaml   score a checkpoint
+salmonn-symbols discover --ckpt RUN/checkpoints/last.ckpt          discovery alone on a checkpoint
+salmonn-symbols inspect RUN                                        evolution table + symbol_evolution.png
+salmonn-symbols check-data configs/data/x.yaml                     find every bad sample before training
+salmonn-symbols make-dataset --out runs/synth                      synthetic espeak-ng speech benchmark
 salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
 salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
 salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
-salmonn-symbols bench                                              time quantization and discovery
-salmonn-symbols demo                                               the end-to-end demo
+salmonn-symbols bench [--what model --size salmonn-13b]            time the symbol core or a training step
+salmonn-symbols demo                                               synthetic data + tiny model + 2 cycles
 """
 
 from __future__ import annotations
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_make_dataset_args(m)
     m.set_defaults(func=run_make_dataset)
+
+    from .training.offline import add_offline_commands
+
+    add_offline_commands(sub)
 
     d = sub.add_parser("demo", help="run the end-to-end demo on the built-in tiny setup")
     d.add_argument("--out", default="runs/demo", help="output folder")

@@ -361,3 +361,58 @@ def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
     )
     err = capsys.readouterr().err
     assert status == 2 and "model.model.lora_r: 8 -> 4" in err
+
+
+def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(_config(tmp_path, synth)),
+                "--run_dir",
+                str(run),
+                "--model.schedule.cycles",
+                "1",
+                "--model.rescore",
+                "false",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    # inspect works on the run folder and on a bare copy of its JSONs
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "cycle 0" in out and "cycle 1" in out and "alpha" in out
+    png = (run / "symbol_evolution.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import shutil
+
+    shutil.copytree(run / "discovery", tmp_path / "copied")
+    assert main(["inspect", str(tmp_path / "copied")]) == 0 and (tmp_path / "copied" / "symbol_evolution.png").exists()
+    # discovery alone on a checkpoint: the next cycle's files, schema-valid, nothing in the run changed
+    before = sorted(p.name for p in (run / "discovery").iterdir())
+    assert main(["discover", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "d")]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cycle_2_symbols.json", "cycle_2_tokens.json"]
+    validate_discovery_dir(tmp_path / "d")
+    assert sorted(p.name for p in (run / "discovery").iterdir()) == before
+    # evaluate a checkpoint on the test split, in original labels, three ways
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(run / "checkpoints" / "last.ckpt"),
+                "--config",
+                str(run / "config.yaml"),
+                "--split",
+                "test",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "test/acc/mean" in out and "test_original/acc/mean" in out and "test_hard/f1/mean" in out

@@ -299,6 +299,19 @@ class SymbolLitModule(L.LightningModule):
                 self._accs[mode].update(d, [preds[r] for r in rows], [batch["gold"][r] for r in rows])
 
     def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    # test: the same three conditions on the test split, logged as test/...
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: str) -> None:
         tasks = self.trainer.datamodule.tasks
         metrics: dict[str, float] = {}
         for mode, acc in self._accs.items():
@@ -307,7 +320,7 @@ class SymbolLitModule(L.LightningModule):
                 continue
             values = acc.compute()
             self._last_eval[mode] = values
-            prefix = "val" if mode == "soft" else f"val_{mode}"
+            prefix = stage if mode == "soft" else f"{stage}_{mode}"
             for key, v in values.items():  # "ds/acc" -> "val/acc/ds"
                 ds, metric = key.split("/", 1)
                 metrics[f"{prefix}/{metric}/{ds}"] = v
@@ -440,6 +453,7 @@ class SymbolLitModule(L.LightningModule):
         state = checkpoint.get("cycle_state", {})
         self.best_soft_acc = state.get("best_soft_acc", -math.inf)
         self.wandb_id = state.get("wandb_id")
+        self._apply_symbols()
         self._resume_rng = checkpoint.get("rng")
         # the position the training step consumed, not what prefetching workers had already drawn
         self.trainer.datamodule.resume_sampler(checkpoint.get("sampler"))
