@@ -416,3 +416,28 @@ def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys
     )
     out = capsys.readouterr().out
     assert "test/acc/mean" in out and "test_original/acc/mean" in out and "test_hard/f1/mean" in out
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, synth, capsys):
+    run = tmp_path / "run"
+    status = main(
+        [
+            "fit",
+            "--config",
+            str(_config(tmp_path, synth)),
+            "--run_dir",
+            str(run),
+            "--model.lora_lr",
+            "1e30",
+            "--model.max_grad_norm",
+            "0",
+            "--checkpoint_every_n_steps",
+            "1",
+            "--model.rescore",
+            "false",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "FloatingPointError: loss is" in err and "nothing was stepped" in err
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # the last good state is intact
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
