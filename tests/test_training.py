@@ -318,6 +318,8 @@ def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth,
             "fit",
             "--config",
             str(ROOT / "configs" / "salmonn_13b.yaml"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
             "--trainer.accelerator",
             "cpu",
             "--trainer.precision",
@@ -400,6 +402,7 @@ def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys
     assert sorted(p.name for p in (run / "discovery").iterdir()) == before
     # evaluate a checkpoint on the test split, in original labels, three ways
     capsys.readouterr()
+    config_before = (run / "config.yaml").read_text()
     assert (
         main(
             [
@@ -416,6 +419,7 @@ def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys
     )
     out = capsys.readouterr().out
     assert "test/acc/mean" in out and "test_original/acc/mean" in out and "test_hard/f1/mean" in out
+    assert (run / "config.yaml").read_text() == config_before  # evaluating never rewrites the run's config
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, synth, capsys):

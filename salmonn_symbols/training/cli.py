@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..data.datamodule import SymbolDataModule
@@ -43,6 +43,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | os.PathLike, map_location=None, weights_only: bool | None = None):
         # Our checkpoints hold plain types only, so they always load with weights_only=True.
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class FitConfigCallback(SaveConfigCallback):
+    """Saves the resolved config of a ``fit`` only: evaluating a run must not overwrite the config it trained with."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class SymbolCLI(LightningCLI):
@@ -152,6 +160,7 @@ def _run(args: list[str]) -> None:
         SymbolLitModule,
         SymbolDataModule,
         args=args,
+        save_config_callback=FitConfigCallback,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "use_distributed_sampler": False,  # the batch samplers shard by rank themselves
