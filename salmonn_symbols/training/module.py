@@ -13,7 +13,6 @@ both; freezing is done by not stepping, which leaves the frozen group bitwise un
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,8 +40,11 @@ from ..symbols import (
 )
 from .evaluation import EVAL_MODES, gather_accumulator, predict_batch
 from .schedule import CycleSchedule, PhaseInfo
+from .state import digest, rng_state, set_rng_state
 
 __all__ = ["SymbolLitModule"]
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers in DataLoader workers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ class SymbolLitModule(L.LightningModule):
         self._start_digests = self._digests()
 
     def _digests(self) -> dict[str, str]:
-        return {"lora": _digest(self.model.lora_parameters()), "mlp": _digest(self.model.symbol_parameters())}
+        return {"lora": digest(self.model.lora_parameters()), "mlp": digest(self.model.symbol_parameters())}
 
     def _check_groups(self, info: PhaseInfo) -> None:
         """Frozen group bitwise unchanged this epoch, and every rank holding the same weights."""
@@ -429,7 +431,7 @@ class SymbolLitModule(L.LightningModule):
             "wandb_id": self.wandb_id,
             "model_cfg": asdict(self.model_cfg),
         }
-        checkpoint["rng"] = _rng_state()
+        checkpoint["rng"] = rng_state()
         checkpoint["sampler"] = {
             "epoch": self.current_epoch,
             # processed, not completed: a step checkpoint is taken before Lightning marks the batch completed,
@@ -492,7 +494,7 @@ class SymbolLitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if getattr(self, "_resume_rng", None):
-            _set_rng_state(self._resume_rng)
+            set_rng_state(self._resume_rng)
         self._resume_rng = None
 
     def on_train_end(self) -> None:
@@ -502,38 +504,3 @@ class SymbolLitModule(L.LightningModule):
             save_trainable(self.model, self.out_dir / "export" / "trainable.safetensors")
             save_lora_adapter(self.model, self.out_dir / "export" / "lora_adapter")
             self._write_json("symbols_final.json", self.book.state_dict())
-
-
-def _digest(params: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for p in params:
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    st = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[2],
-        "numpy": [st[0], st[1].tolist(), st[2], st[3], st[4]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
