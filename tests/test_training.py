@@ -445,3 +445,53 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, synth
     assert status == 2 and "FloatingPointError: loss is" in err and "nothing was stepped" in err
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # the last good state is intact
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_path, synth):
+    import csv
+
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(_config(tmp_path, synth)),
+                "--run_dir",
+                str(run),
+                "--model.rescore",
+                "false",
+                "--model.schedule.cycles",
+                "1",
+            ]
+        )
+        == 0
+    )
+    shards = list((run / "speech_cache").glob("*/rank0-*.safetensors"))
+    assert shards, "the cache writes its rows to disk"
+    rates = [
+        float(r["train/speech_cache_hit_rate"])
+        for r in csv.DictReader(open(run / "metrics.csv"))
+        if r.get("train/speech_cache_hit_rate")
+    ]
+    assert rates[0] < 0.5 and max(rates) > 0.9  # the first pass computes, later passes reuse
+    run2 = tmp_path / "run2"
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(_config(tmp_path, synth)),
+                "--run_dir",
+                str(run2),
+                "--model.rescore",
+                "false",
+                "--model.schedule.cycles",
+                "1",
+                "--model.model.train_speech_path",
+                "true",
+            ]
+        )
+        == 0
+    )
+    assert not (run2 / "speech_cache").exists()

@@ -6,6 +6,7 @@ all-zero clip, or NaN samples.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -16,12 +17,17 @@ import torchaudio.functional as AF
 
 from .manifest import DataError, DataProblem
 
-__all__ = ["MAX_SECONDS", "MIN_SECONDS", "SAMPLE_RATE", "AudioStats", "load_audio", "prepare_waveform"]
+__all__ = ["MAX_SECONDS", "MIN_SECONDS", "SAMPLE_RATE", "AudioStats", "audio_key", "load_audio", "prepare_waveform"]
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 30.0
 MIN_SECONDS = 1.0
 log = logging.getLogger(__name__)
+
+
+def audio_key(wav: torch.Tensor) -> str:
+    """Content hash of one prepared waveform (its float32 samples): the speech cache's key."""
+    return hashlib.sha1(wav.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
 class AudioStats:

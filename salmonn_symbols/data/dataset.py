@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..model.prompt import PromptBuilder
-from .audio import AudioStats, load_audio, prepare_waveform
+from .audio import AudioStats, audio_key, load_audio, prepare_waveform
 from .manifest import DataError, DataProblem, Sample
 from .tasks import TaskConfig
 from .transforms import PromptTransform
@@ -121,6 +121,7 @@ class SpeechCollator:
             datasets=[s.dataset for s in samples],
             gold=[s.label for s in samples],
             targets=[t[1] for t in texts],
+            audio_keys=[audio_key(it["wav"]) for it in items],  # hashed here, in the workers, not in the step
         )
         if self.original is not None:
             eps = [it["epoch"] for it in items]

@@ -103,11 +103,17 @@ class SpeechLLM(nn.Module):
         return [p for m in mods for p in m.parameters()]
 
     def train(self, mode: bool = True) -> SpeechLLM:
-        """Sets training mode, keeping the frozen encoders in eval mode (no dropout, fixed statistics)."""
+        """Sets training mode, keeping frozen parts in eval mode (no dropout), so a frozen speech path is a
+        deterministic function of the audio."""
         super().train(mode)
         self.whisper.eval()
         if self.beats is not None:
             self.beats.eval()
+        if not any(p.requires_grad for p in self.speech_parameters()):
+            # a frozen Q-Former with live dropout would only add noise, and would make cached speech differ
+            for m in (self.speech_qformer, self.speech_llama_proj, self.ln_speech, self.ln_audio):
+                if m is not None:
+                    m.eval()
         return self
 
     # -------------------------------------------------------------------------------------------- speech

@@ -75,6 +75,9 @@ class SymbolLitModule(L.LightningModule):
         eval_modes: Validation conditions among "soft", "hard", "original".
         verify_groups: After every epoch, check that the frozen group is bitwise unchanged and that all ranks
             hold identical trainable weights (digests are appended to ``phase_checks.jsonl``).
+        speech_cache: Compute the frozen speech path once per clip and reuse it in every later epoch and cycle
+            (turned off automatically when any speech-path part trains).
+        speech_cache_dir: Disk folder of the cache (default: ``<run>/speech_cache``; "none" keeps it in memory).
         output_dir: Where discovery files go (default: the Trainer's log dir).
     """
 
@@ -99,6 +102,8 @@ class SymbolLitModule(L.LightningModule):
         override_file: str | None = None,
         eval_modes: list[str] | None = None,
         verify_groups: bool = True,
+        speech_cache: bool = True,
+        speech_cache_dir: str | None = None,
         output_dir: str | None = None,
     ):
         super().__init__()
@@ -124,6 +129,7 @@ class SymbolLitModule(L.LightningModule):
         self.wandb_id: str | None = None
         self._accs: dict[str, MetricAccumulator] = {}
         self._skipped: list = []
+        self._cache = None
         self._last_eval: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------------------- building
@@ -226,7 +232,7 @@ class SymbolLitModule(L.LightningModule):
         temp = self._temperature(info, batch_idx)
         self._skipped += batch["skipped"]
         try:
-            out = self.model(batch, symbol_mode=mode, temperature=temp)
+            out = self.model(batch, symbol_mode=mode, temperature=temp, speech=self._cached_speech(batch))
         except torch.OutOfMemoryError as e:
             raise torch.OutOfMemoryError(
                 f"GPU out of memory at batch size {batch['wav'].shape[0]}: lower data.batch_size, or set "
@@ -279,6 +285,28 @@ class SymbolLitModule(L.LightningModule):
         )
         return loss
 
+    # --------------------------------------------------------------------------------------- speech cache
+    def _cached_speech(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Speech embeddings from the cache, or None when caching is off (the model computes them)."""
+        if not self.hparams.speech_cache or any(p.requires_grad for p in self.model.speech_parameters()):
+            return None
+        if self._cache is None:
+            from .speech_cache import SpeechCache, speech_fingerprint
+
+            folder = self.hparams.speech_cache_dir or str(self.out_dir / "speech_cache")
+            folder = None if folder.lower() == "none" else folder
+            fingerprint = speech_fingerprint(self.model, str(self.trainer.precision))
+            self._cache = SpeechCache(folder, fingerprint, self.global_rank)
+        return self._cache.speech(self.model, batch, batch["audio_keys"])
+
+    def _flush_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.flush()
+            # the share of clips served from the cache since the last flush (one epoch of training or validation)
+            rate = self._cache.hits / max(1, self._cache.hits + self._cache.misses)
+            self._cache.hits = self._cache.misses = 0
+            self.log("train/speech_cache_hit_rate", rate, rank_zero_only=False)
+
     # ----------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         dm = self.trainer.datamodule
@@ -292,7 +320,9 @@ class SymbolLitModule(L.LightningModule):
             return
         dm = self.trainer.datamodule
         tasks = {t.name: t for t in dm.tasks}
-        speech = self.model.encode_speech(batch["wav"], batch["wav_lengths"])
+        speech = self._cached_speech(batch)
+        if speech is None:
+            speech = self.model.encode_speech(batch["wav"], batch["wav_lengths"])
         temp = self.temperature(1.0)
         for mode in self.eval_modes:
             preds = predict_batch(self.model, batch, speech, tasks, self.book, dm.prompts, mode, temp)
@@ -301,6 +331,7 @@ class SymbolLitModule(L.LightningModule):
                 self._accs[mode].update(d, [preds[r] for r in rows], [batch["gold"][r] for r in rows])
 
     def on_validation_epoch_end(self) -> None:
+        self._flush_cache()
         self._log_eval("val")
 
     # test: the same three conditions on the test split, logged as test/...
@@ -351,6 +382,7 @@ class SymbolLitModule(L.LightningModule):
             self.log("train/skipped_total", float(len(seen)), rank_zero_only=False)
 
     def on_train_epoch_end(self) -> None:
+        self._flush_cache()
         self._write_skipped()
         info = self.phase()
         if self.hparams.verify_groups:
@@ -422,6 +454,10 @@ class SymbolLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._cache is not None:
+            # rows computed since the last flush go to disk with the checkpoint, so a resumed run reads exactly
+            # the rows the interrupted run had, instead of recomputing them in other batch compositions
+            self._cache.flush()
         # Base weights are frozen and live in their own files: the checkpoint keeps only what trains.
         checkpoint["state_dict"] = trainable_state_dict(self.model)
         checkpoint["state_dict"] = {f"model.{k}": v for k, v in checkpoint["state_dict"].items()}

@@ -1,0 +1,113 @@
+"""Cache of the frozen speech path: projected speech tokens (88, H) per clip, computed once per run directory.
+
+    collate: audio_keys = sha1(waveform bytes)                       (CPU, in the DataLoader workers)
+    step:    cached rows ──► speech (B, 88, H) ◄── encode_speech(missing rows only) ──► stored
+    disk:    <cache_dir>/<fingerprint>/rank<r>-<n>.safetensors     (one shard per rank and flush, atomic)
+
+The fingerprint hashes every weight of the speech path (Whisper, BEATs, Q-Former, query, projection, both
+LayerNorms), its settings and the dtype the rows were computed in, so changing any of them reads from another
+folder: the cache can never serve stale features. It is used only while the speech path is frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..data.audio import audio_key
+from ..model.speech_llm import SpeechLLM
+
+__all__ = ["SpeechCache", "audio_key", "speech_fingerprint"]
+
+
+def speech_fingerprint(model: SpeechLLM, dtype: str) -> str:
+    """Hash of the speech path's weights and settings and of the compute dtype."""
+    h = hashlib.sha256()
+    parts = [
+        ("whisper", model.whisper),
+        ("beats", model.beats),
+        ("ln_speech", model.ln_speech),
+        ("ln_audio", model.ln_audio),
+        ("qformer", model.speech_qformer),
+        ("proj", model.speech_llama_proj),
+    ]
+    for name, module in parts:
+        if module is None:
+            continue
+        h.update(name.encode())
+        for key, t in sorted(module.state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().to(torch.float32).cpu().numpy().tobytes())
+    q = model.speech_qformer
+    h.update(f"{model.n_mels}:{q.window}:{q.stride}:{q.num_query}:{dtype}".encode())
+    return h.hexdigest()[:20]
+
+
+class SpeechCache:
+    """Memory and disk cache of speech embeddings.
+
+    Args:
+        folder: Root folder of the disk cache (None: memory only).
+        fingerprint: `speech_fingerprint` of the model it serves.
+        rank: This process's rank (each rank writes its own shards; every rank reads all of them).
+    """
+
+    def __init__(self, folder: str | Path | None, fingerprint: str, rank: int = 0):
+        self.fingerprint, self.rank = fingerprint, rank
+        self.folder = Path(folder) / fingerprint if folder else None
+        self.rows: dict[str, Tensor] = {}
+        self._new: dict[str, Tensor] = {}
+        self._flushes = 0
+        self.hits = self.misses = 0
+        if self.folder is not None and self.folder.is_dir():
+            for shard in sorted(self.folder.glob("*.safetensors")):
+                with safe_open(shard, framework="pt") as f:
+                    for key in f.keys():
+                        self.rows[key] = f.get_tensor(key)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def speech(self, model: SpeechLLM, batch: dict, keys: list[str]) -> Tensor:
+        """Speech embeddings of the batch: cached rows as they are, the others computed and remembered.
+
+        Returns:
+            (B, L, H) on the device and in the dtype of the computed rows.
+        """
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            idx = torch.tensor(missing, device=batch["wav"].device)
+            with torch.no_grad():
+                fresh = model.encode_speech(batch["wav"][idx], batch["wav_lengths"][idx])  # (b, L, H)
+            for i, row in zip(missing, fresh.detach().cpu(), strict=True):
+                self.rows[keys[i]] = row
+                self._new[keys[i]] = row
+        device = batch["wav"].device
+        return torch.stack([self.rows[k] for k in keys]).to(device, non_blocking=True)
+
+    def flush(self) -> Path | None:
+        """Writes the rows computed since the last flush as one new shard of this rank, atomically."""
+        if self.folder is None or not self._new:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"rank{self.rank}-{os.getpid()}-{self._flushes}.safetensors"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({k: v.contiguous() for k, v in self._new.items()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._new, self._flushes = {}, self._flushes + 1
+        return path
