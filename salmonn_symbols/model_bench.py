@@ -2,8 +2,10 @@
 
     salmonn-symbols bench --what model --size salmonn-13b --batch 8
 
-Times forward + backward + optimizer step (LoRA phase: LoRA steps, symbols through the frozen MLP with soft
-quantization) over a warm-up and a measured window, and prints samples/s, step time and peak memory.
+Times forward + backward + optimizer step of the LoRA phase and the MLP phase (symbols through the MLP with soft
+quantization), each with the speech path computed and with it served by the cache, over a warm-up and a
+measured window. Prints samples/s, LLM tokens/s, the encoders' share of the step, peak memory and MFU against
+989.4 TFLOP/s and against a bf16 matmul measured in the same run.
 """
 
 from __future__ import annotations
@@ -47,8 +49,59 @@ def _synthetic_batch(tok, book: SymbolBook, batch: int, seconds: float, device: 
     return out
 
 
+def _flops_per_sample(model, tokens: int) -> dict[str, float]:
+    """Model FLOPs of one training sample (docs: performance note): frozen encoders run forward only (2·N·T plus
+    attention); the frozen LLM runs forward and the input-gradient half of backward (4·N·T)."""
+
+    def encoder(params: int, n_tok: int, layers: int, width: int) -> float:
+        return 2 * params * n_tok + 4 * layers * n_tok**2 * width
+
+    w = model.whisper.config
+    f_whisper = encoder(
+        sum(p.numel() for p in model.whisper.parameters()), w.max_source_positions, w.encoder_layers, w.d_model
+    )
+    f_beats = 0.0
+    if model.beats is not None:
+        c = model.beats.cfg
+        f_beats = encoder(sum(p.numel() for p in model.beats.parameters()), 1496, c.encoder_layers, c.encoder_embed_dim)
+    base = model.llm.get_base_model()
+    emb = base.get_input_embeddings().weight.numel()
+    n_llm = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n and p.dim() == 2) - emb
+    return {"whisper": f_whisper, "beats": f_beats, "llm": 4.0 * n_llm * tokens}
+
+
+def _matmul_tflops(device: torch.device) -> float:
+    """bf16 8192³ matmul throughput measured now, the practical ceiling for MFU."""
+    if device.type != "cuda":
+        return float("nan")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - t0) / 1e12
+
+
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
 def run_model_bench(args: argparse.Namespace) -> dict:
-    """Builds ``args.size`` with random weights on the device and times training steps."""
+    """Builds ``args.size`` with random weights on the device and times training steps of both phases, with
+    and without the speech cache."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = SpeechLLMConfig.from_name(args.size).random()
@@ -64,44 +117,82 @@ def run_model_bench(args: argparse.Namespace) -> dict:
     model.symbols.set_candidate_masks(build_candidate_masks(sym, vocab, book.labels))
     model.symbols.float()
     batch = _synthetic_batch(tok, book, args.batch, args.seconds, device)
-    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=device.type == "cuda")
+    opts = {
+        "lora": torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=device.type == "cuda"),
+        "mlp": torch.optim.AdamW(model.symbol_parameters(), lr=1e-4, fused=device.type == "cuda"),
+    }
     model.train()
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
+    with torch.no_grad(), autocast:
+        cached = model.encode_speech(batch["wav"], batch["wav_lengths"])  # what the cache would serve
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            out = model(batch, symbol_mode="soft", temperature=0.1)
+    def encode():
+        with torch.no_grad(), autocast:
+            model.encode_speech(batch["wav"], batch["wav_lengths"])
+
+    def step(phase: str, speech):
+        with autocast:
+            out = model(batch, symbol_mode="soft", temperature=0.1, speech=speech)
         out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return out.loss
+        opts[phase].step()
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / args.steps
-    res = {
+    tokens = int(batch["prefix_ids"].shape[1] + 88 + batch["text_mask"][0].sum())
+    flops = _flops_per_sample(model, tokens)
+    matmul = _matmul_tflops(device)
+    enc_s = _timed(encode, args.steps, args.warmup, device)
+    res: dict = {
         "size": args.size,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "batch": args.batch,
         "seconds_audio": args.seconds,
+        "tokens_per_sample": tokens,
         "build_s": build_s,
-        "step_s": dt,
-        "samples_per_s": args.batch / dt,
-        "loss": loss.item(),
+        "encoder_step_s": enc_s,
+        "matmul_tflops": matmul,
         "llm_params_b": sum(p.numel() for p in model.llm.parameters()) / 1e9,
-        "tokens_per_sample": int(batch["prefix_ids"].shape[1] + 88 + batch["text_mask"][0].sum()),
+        "tflop_per_sample": {k: v / 1e12 for k, v in flops.items()},
+        "runs": [],
     }
-    if device.type == "cuda":
-        res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    for k, v in res.items():
-        print(f"{k:20s} {v:.4g}" if isinstance(v, float) else f"{k:20s} {v}")
+    for phase in ("lora", "mlp"):
+        for cache in (False, True):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            speech = cached if cache else None
+            dt = _timed(lambda p=phase, sp=speech: step(p, sp), args.steps, args.warmup, device)
+            f = args.batch * (flops["llm"] + (0 if cache else flops["whisper"] + flops["beats"]))
+            run = {
+                "phase": phase,
+                "cache": cache,
+                "step_s": dt,
+                "samples_per_s": args.batch / dt,
+                "llm_tokens_per_s": args.batch * tokens / dt,
+                "encoder_share": 0.0 if cache else min(1.0, enc_s / dt),
+                "mfu_989": f / dt / 989.4e12,
+                "mfu_matmul": f / dt / (matmul * 1e12),
+            }
+            if device.type == "cuda":
+                run["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            res["runs"].append(run)
+    _print(res)
     if args.out:
         atomic_write_json(args.out, res)
     return res
+
+
+def _print(res: dict) -> None:
+    print(
+        f"{res['size']} on {res['device']}, batch {res['batch']}, {res['tokens_per_sample']} LLM tokens/sample, "
+        f"bf16 matmul {res['matmul_tflops']:.0f} TFLOP/s, encoders {res['encoder_step_s'] * 1e3:.1f} ms/batch"
+    )
+    print(
+        "| phase | cache | step (ms) | samples/s | LLM tok/s | encoder share | MFU (989.4) | MFU (matmul) | peak GiB |"
+    )
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    for r in res["runs"]:
+        print(
+            f"| {r['phase']} | {'on' if r['cache'] else 'off'} | {r['step_s'] * 1e3:.1f} | {r['samples_per_s']:.1f} | "
+            f"{r['llm_tokens_per_s']:.0f} | {r['encoder_share']:.0%} | {r['mfu_989']:.1%} | {r['mfu_matmul']:.1%} | "
+            f"{r.get('peak_memory_gib', float('nan')):.1f} |"
+        )

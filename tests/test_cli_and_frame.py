@@ -152,3 +152,39 @@ def test_project_frame():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     ignored = (ROOT / ".gitignore").read_text().split()
     assert ".venv/" in ignored and "checkpoints/*" in ignored and "!checkpoints/README.md" in ignored
+
+
+def test_model_bench_reports_both_phases_with_and_without_cache(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--what",
+                "model",
+                "--size",
+                "tiny",
+                "--batch",
+                "1",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    res = read_json(out)
+    assert [(r["phase"], r["cache"]) for r in res["runs"]] == [
+        ("lora", False),
+        ("lora", True),
+        ("mlp", False),
+        ("mlp", True),
+    ]
+    assert all(r["samples_per_s"] > 0 and r["llm_tokens_per_s"] > 0 for r in res["runs"])
+    assert res["tflop_per_sample"]["llm"] > 0 and res["tflop_per_sample"]["whisper"] > 0
+    assert "| lora | on |" in capsys.readouterr().out
