@@ -495,3 +495,26 @@ def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_p
         == 0
     )
     assert not (run2 / "speech_cache").exists()
+
+
+def test_rollback_restores_the_last_good_mapping():
+    from salmonn_symbols.symbols import SymbolBook
+    from salmonn_symbols.training.module import SymbolLitModule
+    from salmonn_symbols.training.schedule import PhaseInfo
+
+    module = SymbolLitModule(rollback_margin=0.1)
+    module.configure_model()
+    labels = ["alpha", "beta"]
+    module.book = SymbolBook.create(labels, module.symtok, seed=0)
+    start = dict(module.book.mapping)
+    module.book.update({"alpha": SymbolBook.create(["x"], module.symtok, seed=5).mapping["x"]}, 1, "discovered")
+    info = PhaseInfo(cycle=2, phase="lora", epoch_in_phase=0, phase_epochs=1, discover_after=False, phase_end=True)
+    module.best_soft_acc = 0.8
+    module._last_eval = {"soft": {"mean/acc": 0.75}}  # within the margin: keep the discovered symbols
+    module._maybe_rollback(info)
+    assert module.book.history[-1].source == "discovered"
+    module._last_eval = {"soft": {"mean/acc": 0.5}}  # dropped by more than the margin: roll back
+    module._maybe_rollback(info)
+    assert module.book.mapping == start and module.book.history[-1].source == "rollback"
+    spans = [module.symtok.word_ids(s) for s in module.book.symbols]
+    assert module.model.symbols.token_ids.tolist() == [t for s in spans for t in s]
