@@ -346,3 +346,18 @@ def test_eval_forward_under_no_grad_is_deterministic(ckpt_path):
         second, mask_b = loaded(wav)
     assert not first.requires_grad
     assert torch.equal(first, second) and torch.equal(mask_a, mask_b)
+
+
+def test_batched_fbank_equals_kaldi_per_clip():
+    import torchaudio.compliance.kaldi as kaldi
+
+    from salmonn_symbols.model.beats import _batched_fbank
+
+    g = torch.Generator().manual_seed(0)
+    wav = torch.randn(3, 16000 * 3, generator=g) * torch.tensor([[0.1], [0.01], [0.5]])
+    got = _batched_fbank(wav)  # (3, T, 128)
+    for i in range(3):
+        ref = kaldi.fbank(
+            wav[i : i + 1] * 2**15, num_mel_bins=128, sample_frequency=16000, frame_length=25, frame_shift=10
+        )
+        torch.testing.assert_close(got[i], (ref - 15.41663) / (2 * 6.55582), rtol=0, atol=1e-6)

@@ -51,3 +51,16 @@ def test_llm_forward_makes_no_host_sync(setup):
         out.loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_speech_encoders_make_no_host_sync(setup):
+    model, _, batch = setup
+    with torch.no_grad():
+        model.encode_speech(batch["wav"], batch["wav_lengths"])  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model.encode_speech(batch["wav"], batch["wav_lengths"])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -130,6 +130,24 @@ class BEATsConfig:
         )
 
 
+def _batched_fbank(wav: Tensor) -> Tensor:
+    """SALMONN's BEATs features for a batch: Kaldi fbank (povey window, pre-emphasis 0.97, DC removal, no dither,
+    128 mel bins, 25 ms / 10 ms frames, snip edges) of ``wav * 2**15``, normalised; (B, S) -> (B, T, 128) fp32.
+
+    Each frame reads only its own samples, so frames inside a clip equal ``kaldi.fbank`` of the clip alone.
+    """
+    x = wav.float() * 2**15
+    frames = x.unfold(1, FRAME_LENGTH, FRAME_SHIFT)  # (B, T, 400)
+    frames = frames - frames.mean(-1, keepdim=True)
+    frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+    frames = frames * torch.hann_window(FRAME_LENGTH, periodic=False, device=wav.device).pow(0.85)
+    power = torch.fft.rfft(frames, n=512).abs().pow(2)  # (B, T, 257)
+    mel, _ = kaldi.get_mel_banks(NUM_MEL_BINS, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
+    mel = F.pad(mel, (0, 1)).to(power)  # (128, 257): Kaldi leaves out the Nyquist bin
+    fbank = (power @ mel.T).clamp_min(torch.finfo(torch.float32).eps).log()  # (B, T, 128)
+    return (fbank - FBANK_MEAN) / (2 * FBANK_STD)
+
+
 def beats_token_count(num_samples: int) -> int:
     """Number of output tokens N for an unpadded waveform of ``num_samples`` samples (1496 for 30 s)."""
     frames = 0 if num_samples < FRAME_LENGTH else 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
@@ -303,33 +321,35 @@ class BEATs(nn.Module):
 
     min_samples = FRAME_LENGTH + FRAME_SHIFT * (PATCH - 1)  # 2800 samples (0.175 s) fill one time patch
 
-    def preprocess(self, wav: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def preprocess(
+        self, wav: Tensor, padding_mask: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Normalised Kaldi fbank of each waveform's valid samples, in fp32 whatever the autocast state.
+
+        The whole batch is framed at once: a frame only reads its own 25 ms, so every valid frame equals what
+        Kaldi's fbank gives for the clip alone (bit for bit in fp32), and no per-clip loop or host sync is needed.
 
         Args:
             wav: (B, S) float waveforms at 16 kHz.
             padding_mask: (B, S) bool, True at padded samples; padding must be on the right.
+            lengths: (B,) valid samples per clip, trusted as given (no checks, no host sync); overrides
+                ``padding_mask``.
 
         Returns:
             fbank (B, T, 128) fp32, zero past each clip, with T cut to a multiple of the patch size (the patch
             conv ignores the remainder anyway), and the frame mask (B, T) bool, True at padded frames.
         """
-        lengths = self._valid_lengths(wav, padding_mask)
+        if lengths is None:
+            lengths = torch.tensor(self._valid_lengths(wav, padding_mask), device=wav.device)
         # Autocast would run the fbank's FFT power and mel matmul in bf16/fp16 and shift the log-mels the
         # checkpoint was trained on; the official code computes them in fp32.
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            banks = [self._fbank(wav[i, :n]) for i, n in enumerate(lengths)]
-        banks = [fb[: fb.shape[0] // PATCH * PATCH] for fb in banks]  # (T_i, 128) each
-        fbank = nn.utils.rnn.pad_sequence(banks, batch_first=True)  # (B, T, 128)
-        frames = torch.tensor([fb.shape[0] for fb in banks], device=wav.device)
-        return fbank, torch.arange(fbank.shape[1], device=wav.device) >= frames[:, None]
-
-    @staticmethod
-    def _fbank(wav: Tensor) -> Tensor:
-        """(S,) -> (T, 128), as SALMONN: int16 scale, 25 ms / 10 ms frames, other Kaldi defaults (no dither)."""
-        kwargs = {"num_mel_bins": NUM_MEL_BINS, "sample_frequency": SAMPLE_RATE, "frame_length": 25, "frame_shift": 10}
-        fb = kaldi.fbank(wav.float()[None] * 2**15, **kwargs)  # (T, 128)
-        return (fb - FBANK_MEAN) / (2 * FBANK_STD)
+            fbank = _batched_fbank(wav)  # (B, T, 128)
+        T = fbank.shape[1] // PATCH * PATCH
+        fbank = fbank[:, :T]
+        frames = ((lengths - FRAME_LENGTH).clamp_min(0) // FRAME_SHIFT + 1) // PATCH * PATCH  # (B,) whole patches
+        mask = torch.arange(T, device=wav.device) >= frames[:, None]  # (B, T)
+        return fbank.masked_fill(mask[..., None], 0.0), mask
 
     def _valid_lengths(self, wav: Tensor, padding_mask: Tensor | None) -> list[int]:
         if wav.dim() != 2:
@@ -348,18 +368,21 @@ class BEATs(nn.Module):
             raise ValueError(f"BEATs needs >= {self.min_samples} valid samples per waveform, got {lengths}")
         return lengths
 
-    def forward(self, wav: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, wav: Tensor, padding_mask: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Encodes waveforms into patch tokens.
 
         Args:
             wav: (B, S) float waveforms, 16 kHz mono.
             padding_mask: (B, S) bool, True at padded samples (right padding), or None.
+            lengths: (B,) valid samples per clip, trusted as given; avoids the checks' host syncs.
 
         Returns:
             features (B, N, encoder_embed_dim) with N = time patches x 8, time-major; padded tokens hold
             unmasked garbage, as in the official model. Token mask (B, N) bool, True at padded tokens.
         """
-        fbank, frame_mask = self.preprocess(wav, padding_mask)  # (B, T, 128), (B, T)
+        fbank, frame_mask = self.preprocess(wav, padding_mask, lengths)  # (B, T, 128), (B, T)
         x = self.patch_embedding(fbank.unsqueeze(1))  # (B, C, T / 16, 8)
         x = self.layer_norm(x.flatten(2).transpose(1, 2))  # (B, N, C); token n = (time n // 8, mel n % 8)
         # T = 16 * N / 8, so each token gets 2 frames of its own time patch: exact at patch granularity.

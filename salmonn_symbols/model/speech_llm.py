@@ -130,8 +130,7 @@ class SpeechLLM(nn.Module):
         mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
         speech = self.ln_speech(self.whisper(mel).last_hidden_state)  # (B, 1500, 1280)
         if self.beats is not None:
-            pad = torch.arange(wav.shape[1], device=wav.device)[None] >= wav_lengths[:, None]  # (B, S)
-            audio, audio_pad = self.beats(wav, pad)  # (B, N, 768), (B, N)
+            audio, audio_pad = self.beats(wav, lengths=wav_lengths)  # (B, N, 768), (B, N)
             # zeroing after ln_audio makes a clip's features independent of what it is batched with
             audio = self.ln_audio(audio).masked_fill(audio_pad[..., None], 0.0)
             audio = _fit_length(audio, speech.shape[1])  # (B, 1500, 768)
