@@ -130,6 +130,18 @@ class BEATsConfig:
         )
 
 
+_MEL_BANKS: dict[torch.device, Tensor] = {}
+
+
+def _mel_banks(device: torch.device) -> Tensor:
+    """Kaldi's 128 mel filters for a 512-point FFT, (128, 257), made once per device (a copy to the GPU on every
+    call would block the host)."""
+    if device not in _MEL_BANKS:
+        mel, _ = kaldi.get_mel_banks(NUM_MEL_BINS, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
+        _MEL_BANKS[device] = F.pad(mel, (0, 1)).float().to(device)  # Kaldi leaves out the Nyquist bin
+    return _MEL_BANKS[device]
+
+
 def _batched_fbank(wav: Tensor) -> Tensor:
     """SALMONN's BEATs features for a batch: Kaldi fbank (povey window, pre-emphasis 0.97, DC removal, no dither,
     128 mel bins, 25 ms / 10 ms frames, snip edges) of ``wav * 2**15``, normalised; (B, S) -> (B, T, 128) fp32.
@@ -142,9 +154,7 @@ def _batched_fbank(wav: Tensor) -> Tensor:
     frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = frames * torch.hann_window(FRAME_LENGTH, periodic=False, device=wav.device).pow(0.85)
     power = torch.fft.rfft(frames, n=512).abs().pow(2)  # (B, T, 257)
-    mel, _ = kaldi.get_mel_banks(NUM_MEL_BINS, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
-    mel = F.pad(mel, (0, 1)).to(power)  # (128, 257): Kaldi leaves out the Nyquist bin
-    fbank = (power @ mel.T).clamp_min(torch.finfo(torch.float32).eps).log()  # (B, T, 128)
+    fbank = (power @ _mel_banks(power.device).T).clamp_min(torch.finfo(torch.float32).eps).log()  # (B, T, 128)
     return (fbank - FBANK_MEAN) / (2 * FBANK_STD)
 
 
@@ -279,10 +289,10 @@ class _Encoder(nn.Module):
         if not self.cfg.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
-        key_mask = None
-        if padding_mask.any():  # -inf on padded keys; every row keeps >= 1 valid key, so softmax stays finite
-            key_mask = torch.zeros(padding_mask.shape, dtype=torch.float32, device=x.device)
-            key_mask = key_mask.masked_fill(padding_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, N)
+        # -inf on padded keys (every row keeps >= 1 valid key, so softmax stays finite). Built even when nothing
+        # is padded: an all-zero mask costs nothing next to the position bias, and asking would sync the host.
+        key_mask = torch.zeros(padding_mask.shape, dtype=torch.float32, device=x.device)
+        key_mask = key_mask.masked_fill(padding_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, N)
         pos_bias = self._position_bias(x.shape[1])
         decay = self.cfg.layer_wise_gradient_decay_ratio
         for layer in self.layers:
