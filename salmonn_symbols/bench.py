@@ -22,10 +22,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     """Adds the benchmark's options to ``p``."""
     p.add_argument(
         "--what",
-        choices=["core", "model"],
+        choices=["core", "model", "scaling"],
         default="core",
-        help="core: quantization and discovery at full vocabulary; model: a training step of --size",
+        help="core: quantization and discovery at full vocabulary; model: a training step of --size; "
+        "scaling: DDP throughput of --size at each count in --devices",
     )
+    p.add_argument("--devices", default="1,2", help="device counts for --what scaling, e.g. 1,2,4")
     p.add_argument("--size", default="tiny", help="model size for --what model (tiny, salmonn-7b, salmonn-13b)")
     p.add_argument("--batch", type=int, default=8, help="batch size for --what model")
     p.add_argument("--seconds", type=float, default=30.0, help="audio seconds per sample for --what model")
@@ -63,6 +65,10 @@ def run_bench(args: argparse.Namespace) -> dict:
         from .model_bench import run_model_bench
 
         return run_model_bench(args)
+    if args.what == "scaling":
+        from .model_bench import run_scaling_bench
+
+        return run_scaling_bench(args)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()

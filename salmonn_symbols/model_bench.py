@@ -196,3 +196,89 @@ def _print(res: dict) -> None:
             f"{r['llm_tokens_per_s']:.0f} | {r['encoder_share']:.0%} | {r['mfu_989']:.1%} | {r['mfu_matmul']:.1%} | "
             f"{r.get('peak_memory_gib', float('nan')):.1f} |"
         )
+
+
+def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, results) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        dtype = torch.bfloat16 if cuda else torch.float32
+        cfg = SpeechLLMConfig.from_name(args.size).random()
+        cfg.tokenizer_path = "builtin:tiny"
+        torch.manual_seed(0)
+        with torch.device(device), _default_dtype(dtype):
+            model, tok = build_speech_llm(cfg)
+        sym = SymbolTokenizer(tok)
+        book = SymbolBook.create(["positive", "negative", "neutral"], sym, seed=0)
+        model.symbols.set_symbols([sym.word_ids(s) for s in book.symbols])
+        model.symbols.set_candidate_masks(
+            build_candidate_masks(sym, model.llm.get_input_embeddings().weight.shape[0], book.labels)
+        )
+        model.symbols.float()
+        model.train()
+        ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
+        opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)
+        batch = _synthetic_batch(tok, book, args.batch, args.seconds, device)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=cuda)
+        with torch.no_grad(), autocast:
+            cached = model.encode_speech(batch["wav"], batch["wav_lengths"])
+        out = {}
+        for cache in (False, True):
+
+            def step(sp=cached if cache else None):
+                with autocast:
+                    loss = ddp(batch, symbol_mode="soft", temperature=0.1, speech=sp).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            dist.barrier()
+            out[cache] = _timed(step, args.steps, args.warmup, device)
+        times = [None] * world
+        dist.all_gather_object(times, out)
+        if rank == 0:
+            results.put({c: max(t[c] for t in times) for c in (False, True)})  # the slowest rank sets the pace
+    finally:
+        dist.destroy_process_group()
+
+
+def run_scaling_bench(args: argparse.Namespace) -> dict:
+    """DDP training-step throughput at each device count in ``args.devices`` with the same per-device batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    counts = [int(x) for x in str(args.devices).split(",")]
+    ctx = mp.get_context("spawn")
+    res: dict = {"size": args.size, "batch_per_device": args.batch, "runs": []}
+    for n in counts:
+        with socket.socket() as s:  # a free port for this process group
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        queue = ctx.Queue()
+        mp.start_processes(_scaling_worker, args=(n, args, port, queue), nprocs=n, join=True, start_method="spawn")
+        times = queue.get()
+        for cache, dt in times.items():
+            res["runs"].append({"devices": n, "cache": cache, "step_s": dt, "samples_per_s": n * args.batch / dt})
+    base = {r["cache"]: r["samples_per_s"] for r in res["runs"] if r["devices"] == counts[0]}
+    print(f"{args.size}, batch {args.batch} per device")
+    print("| devices | cache | step (ms) | samples/s | scaling |")
+    print("|--:|---|--:|--:|--:|")
+    for r in res["runs"]:
+        r["scaling"] = r["samples_per_s"] / base[r["cache"]]
+        print(
+            f"| {r['devices']} | {'on' if r['cache'] else 'off'} | {r['step_s'] * 1e3:.1f} | "
+            f"{r['samples_per_s']:.1f} | {r['scaling']:.2f}x |"
+        )
+    if args.out:
+        atomic_write_json(args.out, res)
+    return res

@@ -188,3 +188,36 @@ def test_model_bench_reports_both_phases_with_and_without_cache(tmp_path, capsys
     assert all(r["samples_per_s"] > 0 and r["llm_tokens_per_s"] > 0 for r in res["runs"])
     assert res["tflop_per_sample"]["llm"] > 0 and res["tflop_per_sample"]["whisper"] > 0
     assert "| lora | on |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_scaling_bench_runs_ddp_at_each_device_count(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--what",
+                "scaling",
+                "--size",
+                "tiny",
+                "--devices",
+                "1,2",
+                "--device",
+                "cpu",
+                "--batch",
+                "1",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    res = read_json(out)
+    assert sorted((r["devices"], r["cache"]) for r in res["runs"]) == [(1, False), (1, True), (2, False), (2, True)]
+    assert all(r["samples_per_s"] > 0 for r in res["runs"])
+    assert [r["scaling"] for r in res["runs"] if r["devices"] == 1] == [1.0, 1.0]
