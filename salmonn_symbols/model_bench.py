@@ -99,23 +99,29 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def run_model_bench(args: argparse.Namespace) -> dict:
-    """Builds ``args.size`` with random weights on the device and times training steps of both phases, with
-    and without the speech cache."""
-    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = SpeechLLMConfig.from_name(args.size).random()
+def _bench_model(size: str, device: torch.device, dtype: torch.dtype):
+    """A named size with random weights built directly on ``device`` in ``dtype``, with 3 symbols set up."""
+    cfg = SpeechLLMConfig.from_name(size).random()
     cfg.tokenizer_path = "builtin:tiny"  # ids are all that matter with random weights
-    t0 = time.perf_counter()
     with torch.device(device), _default_dtype(dtype):
         model, tok = build_speech_llm(cfg)
-    build_s = time.perf_counter() - t0
     sym = SymbolTokenizer(tok)
     book = SymbolBook.create(["positive", "negative", "neutral"], sym, seed=0)
     vocab = model.llm.get_input_embeddings().weight.shape[0]
     model.symbols.set_symbols([sym.word_ids(s) for s in book.symbols])
     model.symbols.set_candidate_masks(build_candidate_masks(sym, vocab, book.labels))
-    model.symbols.float()
+    model.symbols.float()  # the symbol MLP trains in fp32
+    return model, tok, book
+
+
+def run_model_bench(args: argparse.Namespace) -> dict:
+    """Builds ``args.size`` with random weights on the device and times training steps of both phases, with
+    and without the speech cache."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    model, tok, book = _bench_model(args.size, device, dtype)
+    build_s = time.perf_counter() - t0
     batch = _synthetic_batch(tok, book, args.batch, args.seconds, device)
     opts = {
         "lora": torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=device.type == "cuda"),
@@ -212,18 +218,8 @@ def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, 
         if cuda:
             torch.cuda.set_device(device)
         dtype = torch.bfloat16 if cuda else torch.float32
-        cfg = SpeechLLMConfig.from_name(args.size).random()
-        cfg.tokenizer_path = "builtin:tiny"
         torch.manual_seed(0)
-        with torch.device(device), _default_dtype(dtype):
-            model, tok = build_speech_llm(cfg)
-        sym = SymbolTokenizer(tok)
-        book = SymbolBook.create(["positive", "negative", "neutral"], sym, seed=0)
-        model.symbols.set_symbols([sym.word_ids(s) for s in book.symbols])
-        model.symbols.set_candidate_masks(
-            build_candidate_masks(sym, model.llm.get_input_embeddings().weight.shape[0], book.labels)
-        )
-        model.symbols.float()
+        model, tok, book = _bench_model(args.size, device, dtype)
         model.train()
         ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
         opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)

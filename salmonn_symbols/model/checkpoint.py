@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
-from ..io import atomic_write
+from ..io import atomic_write_bytes
 from .speech_llm import SpeechLLM
 
 __all__ = [
@@ -156,10 +156,7 @@ def trainable_state_dict(model: SpeechLLM, include_speech: bool | None = None) -
 def save_trainable(model: SpeechLLM, path: str | os.PathLike, include_speech: bool | None = None) -> Path:
     """Writes the trainable state as one safetensors file, atomically."""
     state = trainable_state_dict(model, include_speech)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file(state, os.path.join(tmp, "t.safetensors"), metadata={"format": "salmonn_symbols/trainable"})
-        data = Path(tmp, "t.safetensors").read_bytes()
-    return atomic_write(path, lambda f: f.write(data))
+    return atomic_write_bytes(path, save(state, metadata={"format": "salmonn_symbols/trainable"}))
 
 
 def load_trainable(model: SpeechLLM, path: str | os.PathLike) -> list[str]:

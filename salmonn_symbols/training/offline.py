@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_write
 
 __all__ = ["discover_from_checkpoint", "inspect_run"]
 
@@ -115,12 +115,8 @@ def _plot(target: Path, labels: list[str], cycles: list[tuple[int, dict]]) -> Pa
     ax.set_title("symbol evolution")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    path = target / "symbol_evolution.png"
-    fd, tmp = tempfile.mkstemp(prefix=".symbol_evolution.", suffix=".png", dir=target)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    path = atomic_write(target / "symbol_evolution.png", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
     print(f"wrote {path}")
     return path
 

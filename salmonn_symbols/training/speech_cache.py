@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from ..data.audio import audio_key
+from ..io import atomic_write_bytes
 from ..model.speech_llm import SpeechLLM
 
 __all__ = ["SpeechCache", "audio_key", "speech_fingerprint"]
@@ -98,16 +98,7 @@ class SpeechCache:
         """Writes the rows computed since the last flush as one new shard of this rank, atomically."""
         if self.folder is None or not self._new:
             return None
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"rank{self.rank}-{os.getpid()}-{self._flushes}.safetensors"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in self._new.items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in self._new.items()}))
         self._new, self._flushes = {}, self._flushes + 1
         return path
