@@ -33,6 +33,20 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="audio seconds per sample for --what model")
     p.add_argument("--steps", type=int, default=5, help="measured steps for --what model")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps for --what model")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=134,
+        help="LLM tokens per sample for --what model/scaling (134: the performance note's reference: 88 speech "
+        "tokens, the prefix, the instruction and the target)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile each transformer block (default: on with CUDA, off on the CPU)",
+    )
+    p.add_argument("--profile", default=None, help="folder for Chrome traces of a step per phase (--what model)")
     p.add_argument("--vocab-size", type=int, default=32001, help="rows of the vocabulary (Vicuna: 32001)")
     p.add_argument("--dim", type=int, default=5120, help="embedding width (13B: 5120, 7B: 4096)")
     p.add_argument("--positions", type=int, default=512, help="symbol-token positions per step")

@@ -3,9 +3,11 @@
     salmonn-symbols bench --what model --size salmonn-13b --batch 8
 
 Times forward + backward + optimizer step of the LoRA phase and the MLP phase (symbols through the MLP with soft
-quantization), each with the speech path computed and with it served by the cache, over a warm-up and a
-measured window. Prints samples/s, LLM tokens/s, the encoders' share of the step, peak memory and MFU against
-989.4 TFLOP/s and against a bf16 matmul measured in the same run.
+quantization), each with the speech path computed and with it served by the `SpeechCache`, over a warm-up and a
+measured window. Every step copies its batch from pinned host memory, as the DataLoader hands it over. Prints
+samples/s, LLM tokens/s, the encoders' share of the step, peak memory and MFU against 989.4 TFLOP/s and against
+a bf16 matmul measured in the same run. ``--profile DIR`` also writes a Chrome trace of each phase and checks
+that the step issues the same operators whatever the sequence length (no per-token Python work).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from .io import atomic_write_json
 from .model.builders import SpeechLLMConfig, build_speech_llm
 from .model.prompt import PromptBuilder
+from .model.qformer import num_windows
 from .symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 
 __all__ = ["run_model_bench"]
@@ -35,7 +38,15 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def _synthetic_batch(tok, book: SymbolBook, batch: int, seconds: float, device: torch.device) -> dict:
+def _synthetic_batch(
+    tok, book: SymbolBook, batch: int, seconds: float, device: torch.device, tokens: int | None = None
+) -> dict:
+    """A batch of sine clips with a symbol-substituted instruction and symbol targets.
+
+    Args:
+        tokens: LLM tokens per sample (prefix + speech + text); the instruction is cut or padded at its start
+            to reach it. None keeps the instruction as it is.
+    """
     pb = PromptBuilder(tok)
     instr = book.substitute(
         "Listen to the speech and classify its sentiment: positive, negative or neutral. Answer with one word."
@@ -46,7 +57,23 @@ def _synthetic_batch(tok, book: SymbolBook, batch: int, seconds: float, device: 
     wav = 0.1 * torch.sin(2 * math.pi * 220 * t)[None].repeat(batch, 1)
     out = dict(wav=wav, wav_lengths=torch.full((batch,), n, device=device))
     out.update({k: v.to(device) for k, v in pb([instr] * batch, targets).as_dict().items()})
+    if tokens is not None:
+        _fit_text(out, tokens - out["prefix_ids"].shape[1] - num_windows(1500))
     return out
+
+
+def _fit_text(batch: dict, length: int) -> None:
+    """Cuts or pads (with a filler token) the start of the text part so that it is ``length`` tokens long."""
+    have = batch["text_ids"].shape[1]
+    if length < int((batch["labels"][0] != -100).sum()) + 1:
+        raise ValueError(f"--tokens leaves {length} text tokens, too few for the target")
+    for key, fill in (("text_ids", 29), ("text_mask", 1), ("labels", -100)):
+        v = batch[key]
+        if have >= length:
+            batch[key] = v[:, have - length :]
+        else:
+            pad = torch.full((v.shape[0], length - have), fill, dtype=v.dtype, device=v.device)
+            batch[key] = torch.cat([pad, v], dim=1)
 
 
 def _flops_per_sample(model, tokens: int) -> dict[str, float]:
@@ -114,37 +141,73 @@ def _bench_model(size: str, device: torch.device, dtype: torch.dtype):
     return model, tok, book
 
 
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _pinned(batch: dict) -> dict:
+    """The batch in (pinned, on CUDA machines) host memory, as a DataLoader with ``pin_memory`` delivers it."""
+    pin = torch.cuda.is_available()
+    return {k: (v.cpu().pin_memory() if pin else v.cpu()) for k, v in batch.items()}
+
+
+def _prepare(args: argparse.Namespace, device: torch.device):
+    """Model, pinned host batch and a filled speech cache for ``args``; compiled blocks when ``args.compile``."""
+    from .training.compile import compile_blocks
+    from .training.speech_cache import SpeechCache
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, tok, book = _bench_model(args.size, device, dtype)
+    if args.compile:
+        compile_blocks(model)
+    host = _pinned(_synthetic_batch(tok, book, args.batch, args.seconds, device, args.tokens))
+    keys = [f"clip{i}" for i in range(args.batch)]
+    cache = SpeechCache(None, "bench")
+    model.train()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+        cache.speech(model, _to_device(host, device), keys)  # fills it: later steps only read
+    return model, host, keys, cache, dtype
+
+
+def _step_fn(model, host: dict, keys: list[str], cache, device, dtype, opt, use_cache: bool, module=None):
+    """One training step: batch to the device, speech from the cache or the encoders, forward, backward, step."""
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
+    module = module or model
+
+    def step():
+        batch = _to_device(host, device)
+        with autocast:
+            speech = cache.speech(model, batch, keys) if use_cache else None
+            loss = module(batch, symbol_mode="soft", temperature=0.1, speech=speech).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def run_model_bench(args: argparse.Namespace) -> dict:
     """Builds ``args.size`` with random weights on the device and times training steps of both phases, with
     and without the speech cache."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.compile is None:
+        args.compile = device.type == "cuda"
     t0 = time.perf_counter()
-    model, tok, book = _bench_model(args.size, device, dtype)
+    model, host, keys, cache, dtype = _prepare(args, device)
     build_s = time.perf_counter() - t0
-    batch = _synthetic_batch(tok, book, args.batch, args.seconds, device)
+    fused = device.type == "cuda"
     opts = {
-        "lora": torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=device.type == "cuda"),
-        "mlp": torch.optim.AdamW(model.symbol_parameters(), lr=1e-4, fused=device.type == "cuda"),
+        "lora": torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=fused),
+        "mlp": torch.optim.AdamW(model.symbol_parameters(), lr=1e-4, fused=fused),
     }
-    model.train()
+    batch = _to_device(host, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
-    with torch.no_grad(), autocast:
-        cached = model.encode_speech(batch["wav"], batch["wav_lengths"])  # what the cache would serve
 
     def encode():
         with torch.no_grad(), autocast:
             model.encode_speech(batch["wav"], batch["wav_lengths"])
 
-    def step(phase: str, speech):
-        with autocast:
-            out = model(batch, symbol_mode="soft", temperature=0.1, speech=speech)
-        out.loss.backward()
-        opts[phase].step()
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-
-    tokens = int(batch["prefix_ids"].shape[1] + 88 + batch["text_mask"][0].sum())
+    tokens = int(batch["prefix_ids"].shape[1] + num_windows(1500) + batch["text_mask"][0].sum())
     flops = _flops_per_sample(model, tokens)
     matmul = _matmul_tflops(device)
     enc_s = _timed(encode, args.steps, args.warmup, device)
@@ -154,7 +217,8 @@ def run_model_bench(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "seconds_audio": args.seconds,
         "tokens_per_sample": tokens,
-        "build_s": build_s,
+        "compile": args.compile,
+        "build_s": build_s,  # with --compile, includes compiling the encoder blocks
         "encoder_step_s": enc_s,
         "matmul_tflops": matmul,
         "llm_params_b": sum(p.numel() for p in model.llm.parameters()) / 1e9,
@@ -162,34 +226,74 @@ def run_model_bench(args: argparse.Namespace) -> dict:
         "runs": [],
     }
     for phase in ("lora", "mlp"):
-        for cache in (False, True):
+        for use_cache in (False, True):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            speech = cached if cache else None
-            dt = _timed(lambda p=phase, sp=speech: step(p, sp), args.steps, args.warmup, device)
-            f = args.batch * (flops["llm"] + (0 if cache else flops["whisper"] + flops["beats"]))
+            step = _step_fn(model, host, keys, cache, device, dtype, opts[phase], use_cache)
+            dt = _timed(step, args.steps, args.warmup, device)
+            f = args.batch * (flops["llm"] + (0 if use_cache else flops["whisper"] + flops["beats"]))
             run = {
                 "phase": phase,
-                "cache": cache,
+                "cache": use_cache,
                 "step_s": dt,
                 "samples_per_s": args.batch / dt,
                 "llm_tokens_per_s": args.batch * tokens / dt,
-                "encoder_share": 0.0 if cache else min(1.0, enc_s / dt),
+                "encoder_share": 0.0 if use_cache else min(1.0, enc_s / dt),
                 "mfu_989": f / dt / 989.4e12,
                 "mfu_matmul": f / dt / (matmul * 1e12),
             }
             if device.type == "cuda":
                 run["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             res["runs"].append(run)
+    if args.profile:
+        res["profile"] = _profile(args, model, host, keys, cache, device, dtype, opts)
     _print(res)
     if args.out:
         atomic_write_json(args.out, res)
     return res
 
 
+def _profile(args, model, host, keys, cache, device, dtype, opts) -> dict:
+    """Chrome traces of one step per phase (cache off) in ``args.profile``, the top device kernels, and the
+    operator count of a step at the bench's text length and at twice it: equal counts mean no per-token work."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    folder = Path(args.profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out: dict = {"traces": []}
+    for phase in ("lora", "mlp"):
+        step = _step_fn(model, host, keys, cache, device, dtype, opts[phase], False)
+        with profile(activities=acts) as prof:
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        trace = folder / f"step_{phase}.json"
+        prof.export_chrome_trace(str(trace))
+        out["traces"].append(str(trace))
+        if phase == "lora":
+            sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=70))
+    counts = {}
+    for scale in (1, 2):
+        longer = dict(host)
+        _fit_text(longer, host["text_ids"].shape[1] * scale)
+        step = _step_fn(model, longer, keys, cache, device, dtype, opts["lora"], True)
+        step()  # compiles the new length first
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        counts[scale] = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    out["aten_ops_per_step"] = {"text_tokens": counts[1], "twice_the_text_tokens": counts[2]}
+    print(f"aten ops per step: {counts[1]} at {host['text_ids'].shape[1]} text tokens, {counts[2]} at twice that")
+    return out
+
+
 def _print(res: dict) -> None:
     print(
         f"{res['size']} on {res['device']}, batch {res['batch']}, {res['tokens_per_sample']} LLM tokens/sample, "
+        f"compile {res['compile']}, "
         f"bf16 matmul {res['matmul_tflops']:.0f} TFLOP/s, encoders {res['encoder_step_s'] * 1e3:.1f} ms/batch"
     )
     print(
@@ -217,28 +321,15 @@ def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, 
         device = torch.device("cuda", rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        dtype = torch.bfloat16 if cuda else torch.float32
         torch.manual_seed(0)
-        model, tok, book = _bench_model(args.size, device, dtype)
-        model.train()
+        model, host, keys, cache, dtype = _prepare(args, device)
         ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
         opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)
-        batch = _synthetic_batch(tok, book, args.batch, args.seconds, device)
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=cuda)
-        with torch.no_grad(), autocast:
-            cached = model.encode_speech(batch["wav"], batch["wav_lengths"])
         out = {}
-        for cache in (False, True):
-
-            def step(sp=cached if cache else None):
-                with autocast:
-                    loss = ddp(batch, symbol_mode="soft", temperature=0.1, speech=sp).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
+        for use_cache in (False, True):
+            step = _step_fn(model, host, keys, cache, device, dtype, opt, use_cache, module=ddp)
             dist.barrier()
-            out[cache] = _timed(step, args.steps, args.warmup, device)
+            out[use_cache] = _timed(step, args.steps, args.warmup, device)
         times = [None] * world
         dist.all_gather_object(times, out)
         if rank == 0:
@@ -254,6 +345,8 @@ def run_scaling_bench(args: argparse.Namespace) -> dict:
     import torch.multiprocessing as mp
 
     counts = [int(x) for x in str(args.devices).split(",")]
+    if args.compile is None:
+        args.compile = torch.cuda.is_available() and args.device != "cpu"
     ctx = mp.get_context("spawn")
     res: dict = {"size": args.size, "batch_per_device": args.batch, "runs": []}
     for n in counts:
@@ -266,7 +359,7 @@ def run_scaling_bench(args: argparse.Namespace) -> dict:
         for cache, dt in times.items():
             res["runs"].append({"devices": n, "cache": cache, "step_s": dt, "samples_per_s": n * args.batch / dt})
     base = {r["cache"]: r["samples_per_s"] for r in res["runs"] if r["devices"] == counts[0]}
-    print(f"{args.size}, batch {args.batch} per device")
+    print(f"{args.size}, batch {args.batch} per device, {args.tokens} LLM tokens/sample, compile {args.compile}")
     print("| devices | cache | step (ms) | samples/s | scaling |")
     print("|--:|---|--:|--:|--:|")
     for r in res["runs"]:

@@ -64,3 +64,44 @@ def test_speech_encoders_make_no_host_sync(setup):
             model.encode_speech(batch["wav"], batch["wav_lengths"])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cached_step_with_clipping_and_the_finite_guard_makes_no_host_sync(setup):
+    """The whole training step as the LightningModule runs it: speech rows from the pinned cache, forward,
+    backward, clipping, the on-device non-finite skip and the fused optimizer step."""
+    from salmonn_symbols.training.speech_cache import SpeechCache
+
+    model, _, batch = setup
+    cache, keys = SpeechCache(None, "gpu-test"), ["a", "b"]
+    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(batch, "soft", 0.1, speech=cache.speech(model, batch, keys))
+        out.loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.lora_parameters(), 1.0)
+        opt.found_inf = (~torch.isfinite(norm)).float()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # fills the cache and warms up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert cache.hits == 2
+
+
+def test_compiled_blocks_match_eager_on_the_gpu(setup):
+    from salmonn_symbols.training.compile import compile_blocks
+
+    model, _, batch = setup
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model(batch, "soft", 0.1).logits.float()
+        compile_blocks(model)
+        compiled = model(batch, "soft", 0.1).logits.float()
+    model.train()
+    assert (compiled - eager).abs().max() < 0.05 * eager.abs().max()

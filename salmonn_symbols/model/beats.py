@@ -285,7 +285,7 @@ class _Encoder(nn.Module):
         """x (B, N, D), padding_mask (B, N) bool -> (B, N, D)."""
         x = x.masked_fill(padding_mask[..., None], 0.0)  # so the conv sees padding as its own zero padding
         # An even kernel with padding k // 2 gives N + 1 outputs; keeping the first N is fairseq's SamePad.
-        x = x + self.pos_conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)  # (B, N, D)
+        x = x + self._pos_embedding(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2).to(x.dtype)  # (B, N, D)
         if not self.cfg.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
@@ -302,6 +302,18 @@ class _Encoder(nn.Module):
                 continue
             x = layer(x, key_mask, pos_bias)
         return self.layer_norm(x) if self.cfg.layer_norm_first else x
+
+    def _pos_embedding(self, x: Tensor) -> Tensor:
+        """The grouped positional conv and GELU in fp32, (B, D, N) -> (B, D, N + 1).
+
+        fp32 whatever the autocast or parameter dtype: cuDNN's bf16 kernels for this 128-tap, 16-group conv run
+        about 9x slower than its fp32 ones on an H100, and fp32 is also what the checkpoint was trained with.
+        """
+        conv = self.pos_conv[0]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            bias = None if conv.bias is None else conv.bias.float()
+            y = F.conv1d(x.float(), conv.weight.float(), bias, padding=conv.padding, groups=conv.groups)
+            return self.pos_conv[1](y)
 
     def _position_bias(self, n: int) -> Tensor | None:
         """Bias (1, H, N, N) from layer 0's bucket table, shared by all layers as in the official model."""

@@ -127,10 +127,15 @@ class SpeechLLM(nn.Module):
         Returns:
             Projected speech embeddings, shape (B, 88, H) for 30 s windows.
         """
-        mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
-        speech = self.ln_speech(self.whisper(mel).last_hidden_state)  # (B, 1500, 1280)
+        # Whisper and BEATs never train: without autograd they keep no activations, and a compiled block sees one
+        # grad mode in training and evaluation alike.
+        with torch.no_grad():
+            mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
+            whisper = self.whisper(mel).last_hidden_state  # (B, 1500, 1280)
+            if self.beats is not None:
+                audio, audio_pad = self.beats(wav, lengths=wav_lengths)  # (B, N, 768), (B, N)
+        speech = self.ln_speech(whisper)
         if self.beats is not None:
-            audio, audio_pad = self.beats(wav, lengths=wav_lengths)  # (B, N, 768), (B, N)
             # zeroing after ln_audio makes a clip's features independent of what it is batched with
             audio = self.ln_audio(audio).masked_fill(audio_pad[..., None], 0.0)
             audio = _fit_length(audio, speech.shape[1])  # (B, 1500, 768)
@@ -177,8 +182,9 @@ class SpeechLLM(nn.Module):
         embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature)
         base = self.llm.get_base_model()
         # Every row is right-padded, so under causal attention no real token ever sees a pad: the mask can be
-        # dropped, which keeps SDPA on its is_causal path and avoids the host sync of checking the mask.
-        hidden = base.get_decoder()(inputs_embeds=embeds).last_hidden_state  # (B, T, H)
+        # dropped, which keeps SDPA on its is_causal path and avoids the host sync of checking the mask. A training
+        # forward needs no KV cache.
+        hidden = base.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (B, T, H)
         # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L.
         L = batch["text_ids"].shape[1]
         logits = base.get_output_embeddings()(hidden[:, -L - 1 : -1])  # (B, L, V)

@@ -38,6 +38,7 @@ from ..symbols import (
     run_discovery,
     write_discovery,
 )
+from .compile import compile_blocks
 from .evaluation import EVAL_MODES, gather_accumulator, predict_batch
 from .schedule import CycleSchedule, PhaseInfo
 from .state import digest, rng_state, set_rng_state
@@ -78,6 +79,8 @@ class SymbolLitModule(L.LightningModule):
         speech_cache: Compute the frozen speech path once per clip and reuse it in every later epoch and cycle
             (turned off automatically when any speech-path part trains).
         speech_cache_dir: Disk folder of the cache (default: ``<run>/speech_cache``; "none" keeps it in memory).
+        compile: ``torch.compile`` each transformer block of the LLM, Whisper and BEATs (see
+            `salmonn_symbols.training.compile`); the first steps then include compilation.
         output_dir: Where discovery files go (default: the Trainer's log dir).
     """
 
@@ -104,6 +107,7 @@ class SymbolLitModule(L.LightningModule):
         verify_groups: bool = True,
         speech_cache: bool = True,
         speech_cache_dir: str | None = None,
+        compile: bool = False,
         output_dir: str | None = None,
     ):
         super().__init__()
@@ -130,6 +134,7 @@ class SymbolLitModule(L.LightningModule):
         self._accs: dict[str, MetricAccumulator] = {}
         self._skipped: list = []
         self._cache = None
+        self._first_bad: torch.Tensor | None = None  # (step, epoch) of the first non-finite loss, -1 if none
         self._last_eval: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------------------- building
@@ -138,6 +143,8 @@ class SymbolLitModule(L.LightningModule):
             return
         self.model, self.tokenizer = build_speech_llm(self.model_cfg)
         self.symtok = SymbolTokenizer(self.tokenizer)
+        if self.hparams.compile:
+            compile_blocks(self.model)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -176,8 +183,13 @@ class SymbolLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
         h = self.hparams
-        lora = torch.optim.AdamW(self.model.lora_parameters(), lr=h.lora_lr, weight_decay=h.lora_weight_decay)
-        mlp = torch.optim.AdamW(self.model.symbol_parameters(), lr=h.mlp_lr, weight_decay=h.mlp_weight_decay)
+        # fused: one kernel per step, and it can skip a step on the device (see `_skip_if_not_finite`)
+        lora = torch.optim.AdamW(
+            self.model.lora_parameters(), lr=h.lora_lr, weight_decay=h.lora_weight_decay, fused=True
+        )
+        mlp = torch.optim.AdamW(
+            self.model.symbol_parameters(), lr=h.mlp_lr, weight_decay=h.mlp_weight_decay, fused=True
+        )
         warm = max(1, h.warmup_steps)
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm)) for o in (lora, mlp)]
         return [lora, mlp], scheds
@@ -243,12 +255,6 @@ class SymbolLitModule(L.LightningModule):
             # keeps the MLP in the graph with a zero gradient, so DDP's reducer finds a gradient for every
             # parameter it registered; the MLP optimizer does not step in this phase anyway
             loss = loss + 0.0 * sum(p.sum() for p in self.model.symbol_parameters())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {self.global_step} (cycle {info.cycle}, {info.phase} phase); "
-                f"nothing was stepped, the last checkpoint in {self.out_dir} is intact. Lower lora_lr/mlp_lr or "
-                f"check the data with `salmonn-symbols check-data`."
-            )
         opt_lora, opt_mlp = self.optimizers()
         sched_lora, sched_mlp = self.lr_schedulers()
         active, sched, params = (
@@ -260,7 +266,10 @@ class SymbolLitModule(L.LightningModule):
         opt_mlp.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.hparams.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        self._skip_if_not_finite(active.optimizer, norm)
         active.step()
         sched.step()
         opt_lora.zero_grad(set_to_none=True)
@@ -284,6 +293,37 @@ class SymbolLitModule(L.LightningModule):
             batch_size=bs,
         )
         return loss
+
+    # ---------------------------------------------------------------------------------- non-finite losses
+    def _skip_if_not_finite(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
+        """Makes the fused optimizer skip this step on the device when the gradients are not finite, and
+        remembers the first such step, so the step needs no host sync; `_raise_if_not_finite` reports it.
+
+        The gradients are the same on every rank after DDP's all-reduce, so every rank skips, and later raises,
+        together."""
+        bad = ~torch.isfinite(grad_norm)
+        optimizer.found_inf = bad.float()  # read by fused AdamW: the update and the step count are skipped
+        if self._first_bad is None:
+            self._first_bad = torch.full((2,), -1, dtype=torch.long, device=grad_norm.device)
+        here = torch.tensor([self.global_step, self.current_epoch], device=grad_norm.device)
+        self._first_bad = torch.where(bad & (self._first_bad[0] < 0), here, self._first_bad)  # (2,)
+
+    def _raise_if_not_finite(self) -> None:
+        if self._first_bad is None:
+            return
+        step, epoch = self._first_bad.tolist()
+        if step < 0:
+            return
+        info = self.schedule.at(min(epoch, self.schedule.total_epochs - 1))
+        raise FloatingPointError(
+            f"loss or gradients are not finite at step {step} (cycle {info.cycle}, {info.phase} phase): that "
+            f"step was skipped, so nothing was stepped with it, and the run stops here; the last checkpoint in "
+            f"{self.out_dir} is intact. Lower lora_lr/mlp_lr or check the data with `salmonn-symbols check-data`."
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # a host sync, so not at every step
+            self._raise_if_not_finite()
 
     # --------------------------------------------------------------------------------------- speech cache
     def _cached_speech(self, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -382,6 +422,7 @@ class SymbolLitModule(L.LightningModule):
             self.log("train/skipped_total", float(len(seen)), rank_zero_only=False)
 
     def on_train_epoch_end(self) -> None:
+        self._raise_if_not_finite()
         self._flush_cache()
         self._write_skipped()
         info = self.phase()
@@ -454,6 +495,7 @@ class SymbolLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_not_finite()  # before anything is written
         if self._cache is not None:
             # rows computed since the last flush go to disk with the checkpoint, so a resumed run reads exactly
             # the rows the interrupted run had, instead of recomputing them in other batch compositions

@@ -66,6 +66,7 @@ class SpeechCache:
         self._new: dict[str, Tensor] = {}
         self._flushes = 0
         self.hits = self.misses = 0
+        self._pending: list[torch.cuda.Event] = []
         if self.folder is not None and self.folder.is_dir():
             for shard in sorted(self.folder.glob("*.safetensors")):
                 with safe_open(shard, framework="pt") as f:
@@ -78,26 +79,55 @@ class SpeechCache:
     def speech(self, model: SpeechLLM, batch: dict, keys: list[str]) -> Tensor:
         """Speech embeddings of the batch: cached rows as they are, the others computed and remembered.
 
+        Neither direction blocks the host: cached rows are gathered into pinned memory and copied up
+        asynchronously, and fresh rows come down asynchronously into pinned memory that is only read (by a later
+        step or a flush) after an event says the copy is done.
+
         Returns:
             (B, L, H) on the device and in the dtype of the computed rows.
         """
+        device = batch["wav"].device
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        if missing:
-            idx = torch.tensor(missing, device=batch["wav"].device)
-            with torch.no_grad():
-                fresh = model.encode_speech(batch["wav"][idx], batch["wav_lengths"][idx])  # (b, L, H)
-            for i, row in zip(missing, fresh.detach().cpu(), strict=True):
-                self.rows[keys[i]] = row
-                self._new[keys[i]] = row
-        device = batch["wav"].device
-        return torch.stack([self.rows[k] for k in keys]).to(device, non_blocking=True)
+        self._wait_for_copies()
+        cached = [i for i, k in enumerate(keys) if k in self.rows]
+        up = None
+        if cached:
+            first = self.rows[keys[cached[0]]]
+            staging = torch.empty((len(cached), *first.shape), dtype=first.dtype, pin_memory=device.type == "cuda")
+            up = torch.stack([self.rows[keys[i]] for i in cached], out=staging).to(device, non_blocking=True)
+        if not missing:
+            return up  # (B, L, H)
+        idx = torch.tensor(missing, device=device)
+        with torch.no_grad():
+            fresh = model.encode_speech(batch["wav"][idx], batch["wav_lengths"][idx]).detach()  # (b, L, H)
+        down = torch.empty(fresh.shape, dtype=fresh.dtype, pin_memory=device.type == "cuda")
+        down.copy_(fresh, non_blocking=True)
+        if device.type == "cuda":
+            self._pending.append(torch.cuda.Event())
+            self._pending[-1].record()
+        for i, row in zip(missing, down, strict=True):
+            self.rows[keys[i]] = row
+            self._new[keys[i]] = row
+        if up is None:
+            return fresh
+        out = torch.empty((len(keys), *fresh.shape[1:]), dtype=fresh.dtype, device=device)
+        out[idx] = fresh
+        out[torch.tensor(cached, device=device)] = up.to(fresh.dtype)
+        return out
+
+    def _wait_for_copies(self) -> None:
+        """Waits for the device-to-host copies of fresh rows (long done by the time anything reads them)."""
+        for event in self._pending:
+            event.synchronize()
+        self._pending.clear()
 
     def flush(self) -> Path | None:
         """Writes the rows computed since the last flush as one new shard of this rank, atomically."""
         if self.folder is None or not self._new:
             return None
+        self._wait_for_copies()
         path = self.folder / f"rank{self.rank}-{os.getpid()}-{self._flushes}.safetensors"
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in self._new.items()}))
         self._new, self._flushes = {}, self._flushes + 1

@@ -1,0 +1,70 @@
+"""Step-efficiency features at tiny size: per-block compile, no per-token work, sync-free non-finite skipping."""
+
+import argparse
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from salmonn_symbols.model_bench import _fit_text, _prepare, _step_fn
+from salmonn_symbols.training.compile import compile_blocks
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    args = argparse.Namespace(size="tiny", batch=2, seconds=3.0, tokens=134, compile=False)
+    model, host, keys, cache, dtype = _prepare(args, torch.device("cpu"))
+    return model.eval(), host
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager(tiny):
+    model, batch = tiny
+    eager = model(batch, "soft", 0.1)
+    n = compile_blocks(model)
+    assert n == 2 + 2 + 2  # LLaMA, Whisper and BEATs layers of the tiny size
+    compiled = model(batch, "soft", 0.1)
+    assert torch.allclose(compiled.logits, eager.logits, atol=1e-4, rtol=1e-4)
+    compiled.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.symbol_parameters())
+    state = model.state_dict()
+    assert not any("_orig_mod" in k for k in state)  # checkpoints keep their names
+    with pytest.raises(ValueError, match="unknown compile part"):
+        compile_blocks(model, ("llm", "qformer"))
+
+
+def test_step_does_no_per_token_work(tiny):
+    """A step at twice the text length issues the same operators (layout copies aside): nothing loops over
+    tokens in Python, in symbol injection, soft quantization, prompt assembly or the loss."""
+    model, host = tiny
+    model.train()
+    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4)
+    from salmonn_symbols.training.speech_cache import SpeechCache
+
+    counts, extra = [], host["text_ids"].shape[1]
+    for scale in (1, 2):
+        batch = dict(host)
+        _fit_text(batch, host["text_ids"].shape[1] * scale)
+        cache = SpeechCache(None, "t")
+        step = _step_fn(model, batch, ["a", "b"], cache, torch.device("cpu"), torch.float32, opt, False)
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))
+    assert abs(counts[1] - counts[0]) < extra, counts
+
+
+def test_fused_adamw_skips_a_non_finite_step_on_the_device():
+    """The training step's non-finite guard: found_inf makes fused AdamW leave weights and state untouched."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.tensor([1.0, float("nan"), 1.0])
+    norm = torch.nn.utils.clip_grad_norm_([p], 1.0)
+    opt.found_inf = (~torch.isfinite(norm)).float()
+    opt.step()
+    assert torch.equal(p.detach(), torch.ones(3)) and opt.state[p]["step"].item() == 0
+    p.grad = torch.ones(3)
+    opt.found_inf = (~torch.isfinite(torch.nn.utils.clip_grad_norm_([p], 1.0))).float()
+    opt.step()
+    assert (p.detach() < 1).all() and opt.state[p]["step"].item() == 1
