@@ -421,3 +421,15 @@ def test_named_sizes():
     assert big.random().llm_path is None and big.random().llm_size == "llama-13b"
     with pytest.raises(ValueError, match="unknown model size"):
         SpeechLLMConfig.from_name("salmonn-70b")
+
+
+def test_decoder_blocks_called_directly_match_the_decoder_forward():
+    """`_decode` skips transformers' mask building (a host sync) but must compute what the decoder computes."""
+    from salmonn_symbols.model.llm import build_llm, llama_config
+    from salmonn_symbols.model.speech_llm import _decode
+
+    torch.manual_seed(0)
+    decoder = build_llm(llama_config("tiny")).model.eval()
+    embeds = torch.randn(2, 9, 64)
+    expected = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    assert torch.allclose(_decode(decoder, embeds), expected, atol=1e-5)

@@ -181,10 +181,7 @@ class SpeechLLM(nn.Module):
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
         embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature)
         base = self.llm.get_base_model()
-        # Every row is right-padded, so under causal attention no real token ever sees a pad: the mask can be
-        # dropped, which keeps SDPA on its is_causal path and avoids the host sync of checking the mask. A training
-        # forward needs no KV cache.
-        hidden = base.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = _decode(base.get_decoder(), embeds)  # (B, T, H)
         # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L.
         L = batch["text_ids"].shape[1]
         logits = base.get_output_embeddings()(hidden[:, -L - 1 : -1])  # (B, L, V)
@@ -279,6 +276,24 @@ class SpeechLLM(nn.Module):
             return torch.where((rows >= 0)[..., None], table.to(out.dtype)[rows.clamp_min(0)], out)
 
         return hook
+
+
+def _decode(decoder: nn.Module, embeds: Tensor) -> Tensor:
+    """Runs a LLaMA-style decoder over right-padded rows with plain causal attention and no KV cache.
+
+    Every row is right-padded, so under causal attention no real token ever sees a pad and no mask is needed:
+    SDPA stays on its ``is_causal`` path. The decoder's own ``forward`` would build a mask or, without one, scan
+    the position ids for packed sequences, and both read device values on the host; calling the blocks directly
+    keeps the step free of host syncs. Decoders without the rotary/layers/norm layout run their own forward.
+    """
+    if not all(hasattr(decoder, a) for a in ("rotary_emb", "layers", "norm")):
+        return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    positions = torch.arange(embeds.shape[1], device=embeds.device)[None]  # (1, T)
+    rotary = decoder.rotary_emb(embeds, position_ids=positions)  # (cos, sin), each (1, T, head_dim)
+    hidden = embeds
+    for layer in decoder.layers:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rotary, position_ids=positions)
+    return decoder.norm(hidden)  # (B, T, H)
 
 
 def _fit_length(x: Tensor, length: int) -> Tensor:
