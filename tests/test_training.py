@@ -150,8 +150,8 @@ def test_config_typo_names_the_key(tmp_path, synth, capsys):
     assert "lora_lrr" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_process_ddp(tmp_path, synth):
+def _two_process_run(tmp_path, synth, *strategy):
+    """A 2-process CPU fit; checks one set of discovery files and identical, phase-respecting weights."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
         sys.executable,
@@ -162,8 +162,7 @@ def test_two_process_ddp(tmp_path, synth):
         str(_config(tmp_path, synth)),
         "--trainer.devices",
         "2",
-        "--trainer.strategy",
-        "ddp",
+        *strategy,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -182,6 +181,33 @@ def test_two_process_ddp(tmp_path, synth):
         assert len(c["ranks"]) == 2 and c["ranks"][0] == c["ranks"][1]  # identical weights on both ranks
         frozen = "mlp" if c["phase"] == "lora" else "lora"
         assert c["ranks"][0][frozen] == c["start"][frozen]
+    return run, proc
+
+
+@pytest.mark.slow
+def test_two_process_ddp(tmp_path, synth):
+    _two_process_run(tmp_path, synth, "--trainer.strategy", "ddp")
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_shards_the_llm_and_keeps_the_trainable_groups_whole(tmp_path, synth):
+    run, proc = _two_process_run(tmp_path, synth, "--trainer.strategy", "symbol_fsdp")
+    assert "FSDP: 2 LLM decoder layers sharded over 2 ranks" in proc.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = set(ckpt["state_dict"])
+    assert keys and all(".lora_" in k or k.startswith("model.symbols.") for k in keys)  # trainable groups only
+    assert all(not type(v).__name__ == "DTensor" for v in ckpt["state_dict"].values())
+    # the FSDP checkpoint resumes under DDP and the reverse: it is the same file
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "salmonn_symbols", "validate", "--config", str(_config(tmp_path, synth))]
+    proc = subprocess.run(
+        [*cmd, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _final(run):

@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..data.metrics import MetricAccumulator
 from ..model.builders import SpeechLLMConfig, build_speech_llm
@@ -40,6 +41,7 @@ from ..symbols import (
 )
 from .compile import compile_blocks
 from .evaluation import EVAL_MODES, gather_accumulator, predict_batch
+from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
 from .schedule import CycleSchedule, PhaseInfo
 from .state import digest, rng_state, set_rng_state
 
@@ -145,6 +147,15 @@ class SymbolLitModule(L.LightningModule):
         self.symtok = SymbolTokenizer(self.tokenizer)
         if self.hparams.compile:
             compile_blocks(self.model)
+        if self.sharded:
+            mesh = self.device_mesh["data_parallel"]
+            n = shard_llm(self.model, mesh)
+            rank_zero_info(f"FSDP: {n} LLM decoder layers sharded over {mesh.size()} ranks")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the LLM's frozen blocks are sharded (`SymbolFSDPStrategy`)."""
+        return self._trainer is not None and isinstance(self.trainer.strategy, SymbolFSDPStrategy)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -265,6 +276,8 @@ class SymbolLitModule(L.LightningModule):
         opt_lora.zero_grad(set_to_none=True)
         opt_mlp.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if self.sharded:  # DDP would have averaged them; under FSDP the replicated groups are ours to reduce
+            average_gradients(params)
         if self.hparams.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm)
         else:
@@ -449,13 +462,14 @@ class SymbolLitModule(L.LightningModule):
 
     def _discover(self, cycle: int) -> None:
         mapping = None
-        if self.trainer.is_global_zero:
-            mapping = self._discover_on_rank_zero(cycle)
+        # re-scoring runs the LLM, whose sharded blocks need every rank: then all ranks discover, rank 0 writes
+        if self.trainer.is_global_zero or self.sharded:
+            mapping = self._run_discovery_here(cycle)
         mapping = self.trainer.strategy.broadcast(mapping, src=0)
         self.book.update(mapping, cycle=cycle, source="discovered")
         self._apply_symbols()
 
-    def _discover_on_rank_zero(self, cycle: int) -> dict[str, str]:
+    def _run_discovery_here(self, cycle: int) -> dict[str, str]:
         dm = self.trainer.datamodule
         override = (
             load_override(self.hparams.override_file, self.book, self.symtok) if self.hparams.override_file else None
@@ -481,10 +495,11 @@ class SymbolLitModule(L.LightningModule):
                 override=override,
                 rescore=rescore,
             )
-        files = write_discovery(self.out_dir / "discovery", cycle, tokens, changes)
-        from .wandb_tables import log_discovery
+        if self.trainer.is_global_zero:
+            files = write_discovery(self.out_dir / "discovery", cycle, tokens, changes)
+            from .wandb_tables import log_discovery
 
-        log_discovery(self.loggers, cycle, changes, self.book, self._last_eval, self.global_step, files)
+            log_discovery(self.loggers, cycle, changes, self.book, self._last_eval, self.global_step, files)
         return final_mapping(changes)
 
     def model_masks(self):
