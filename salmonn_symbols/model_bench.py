@@ -315,6 +315,8 @@ def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
+    # as Lightning does for its processes: ranks that each take every core slow each other's host work down
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     try:
