@@ -378,6 +378,15 @@ def test_ddp_shards_are_disjoint_and_equal():
     assert got == sorted((d, i, 0) for d, n in enumerate([7, 5]) for i in range(n))  # complete, no duplicates
 
 
+def test_eval_sampler_gives_every_rank_a_batch_when_batches_are_fewer_than_ranks():
+    ev = [ShardedEvalBatchSampler([3, 2], 8, rank=r, world_size=4) for r in range(4)]
+    assert all(len(s) == 1 for s in ev)  # one 8-batch would leave three ranks with nothing to validate
+    got = sorted(k for s in ev for b in s for k in b)
+    assert got == sorted((d, i, 0) for d, n in enumerate([3, 2]) for i in range(n))
+    with pytest.raises(ValueError, match="3 samples for 4 ranks"):
+        ShardedEvalBatchSampler([3], 8, rank=0, world_size=4)
+
+
 def test_mid_epoch_resume():
     full = BalancedBatchSampler([30, 30], 4, seed=5, bucket_batches=1)
     all_batches = list(full)

@@ -170,7 +170,18 @@ class ShardedEvalBatchSampler(Sampler[list[Key]]):
         keys = [(d, i, 0) for d, n in enumerate(sizes) for i in range(n)]
         if lengths is not None:
             keys.sort(key=lambda k: (k[0], lengths[k[0]][k[1]]))
-        batches = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
+        n = len(keys)
+        if 0 < n < world_size:
+            raise ValueError(
+                f"the evaluation split has {n} samples for {world_size} ranks: every rank needs at least one "
+                f"(use fewer devices or more validation/test samples)"
+            )
+        if 0 < math.ceil(n / batch_size) < world_size:
+            # fewer full batches than ranks: smaller batches, so that every rank gets one (Lightning needs it)
+            cuts = [round(i * n / world_size) for i in range(world_size + 1)]
+            batches = [keys[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        else:
+            batches = [keys[s : s + batch_size] for s in range(0, n, batch_size)]
         self.batches = batches[rank::world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
