@@ -69,18 +69,19 @@ def test_speech_encoders_make_no_host_sync(setup):
 def test_cached_step_with_clipping_and_the_finite_guard_makes_no_host_sync(setup):
     """The whole training step as the LightningModule runs it: speech rows from the pinned cache, forward,
     backward, clipping, the on-device non-finite skip and the fused optimizer step."""
+    from salmonn_symbols.training.module import SymbolLitModule
     from salmonn_symbols.training.speech_cache import SpeechCache
 
     model, _, batch = setup
     cache, keys = SpeechCache(None, "gpu-test"), ["a", "b"]
     opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=True)
+    guard = SymbolLitModule(output_dir="unused")  # its non-finite guard, outside a Trainer
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(batch, "soft", 0.1, speech=cache.speech(model, batch, keys))
         out.loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.lora_parameters(), 1.0)
-        opt.found_inf = (~torch.isfinite(norm)).float()
+        guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_(model.lora_parameters(), 1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -92,6 +93,7 @@ def test_cached_step_with_clipping_and_the_finite_guard_makes_no_host_sync(setup
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert cache.hits == 2
+    guard._raise_if_not_finite()  # finite throughout: nothing to report
 
 
 def test_compiled_blocks_match_eager_on_the_gpu(setup):

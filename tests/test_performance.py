@@ -68,3 +68,22 @@ def test_fused_adamw_skips_a_non_finite_step_on_the_device():
     opt.found_inf = (~torch.isfinite(torch.nn.utils.clip_grad_norm_([p], 1.0))).float()
     opt.step()
     assert (p.detach() < 1).all() and opt.state[p]["step"].item() == 1
+
+
+def test_the_training_guard_skips_and_then_reports_the_first_bad_step(tmp_path):
+    from salmonn_symbols.training.module import SymbolLitModule
+
+    guard = SymbolLitModule(output_dir=str(tmp_path))
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.ones(3)
+    guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_([p], 1.0))
+    opt.step()
+    guard._raise_if_not_finite()  # a finite step: nothing to report
+    stepped = p.detach().clone()
+    p.grad = torch.full((3,), float("inf"))
+    guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_([p], 1.0))
+    opt.step()
+    assert torch.equal(p.detach(), stepped)
+    with pytest.raises(FloatingPointError, match="not finite at step 0 .cycle 1, lora phase"):
+        guard._raise_if_not_finite()

@@ -318,8 +318,14 @@ class SymbolLitModule(L.LightningModule):
         optimizer.found_inf = bad.float()  # read by fused AdamW: the update and the step count are skipped
         if self._first_bad is None:
             self._first_bad = torch.full((2,), -1, dtype=torch.long, device=grad_norm.device)
-        here = torch.tensor([self.global_step, self.current_epoch], device=grad_norm.device)
-        self._first_bad = torch.where(bad & (self._first_bad[0] < 0), here, self._first_bad)  # (2,)
+        first = bad & (self._first_bad[0] < 0)
+        # Python scalars in torch.where: no host-to-device copy
+        self._first_bad = torch.stack(
+            [
+                torch.where(first, self.global_step, self._first_bad[0]),
+                torch.where(first, self.current_epoch, self._first_bad[1]),
+            ]
+        )  # (2,)
 
     def _raise_if_not_finite(self) -> None:
         if self._first_bad is None:
