@@ -46,6 +46,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="torch.compile each transformer block (default: on with CUDA, off on the CPU)",
     )
+    p.add_argument("--timeout", type=float, default=3600, help="seconds each device count of --what scaling may take")
     p.add_argument("--profile", default=None, help="folder for Chrome traces of a step per phase (--what model)")
     p.add_argument("--vocab-size", type=int, default=32001, help="rows of the vocabulary (Vicuna: 32001)")
     p.add_argument("--dim", type=int, default=5120, help="embedding width (13B: 5120, 7B: 4096)")

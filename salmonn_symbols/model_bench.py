@@ -308,11 +308,28 @@ def _print(res: dict) -> None:
         )
 
 
+def _ddp_step_times(rank: int, args: argparse.Namespace, device: torch.device) -> dict[bool, float]:
+    """Step time of this rank with the speech cache off and on, under DDP; the DDP wrapper dies on return."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model, host, keys, cache, dtype = _prepare(args, device)
+    ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
+    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)
+    out = {}
+    for use_cache in (False, True):
+        step = _step_fn(model, host, keys, cache, device, dtype, opt, use_cache, module=ddp)
+        dist.barrier()
+        out[use_cache] = _timed(step, args.steps, args.warmup, device)
+    return out
+
+
 def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, results) -> None:
     import os
 
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     # as Lightning does for its processes: ranks that each take every core slow each other's host work down
@@ -323,19 +340,14 @@ def _scaling_worker(rank: int, world: int, args: argparse.Namespace, port: int, 
         device = torch.device("cuda", rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        torch.manual_seed(0)
-        model, host, keys, cache, dtype = _prepare(args, device)
-        ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
-        opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)
-        out = {}
-        for use_cache in (False, True):
-            step = _step_fn(model, host, keys, cache, device, dtype, opt, use_cache, module=ddp)
-            dist.barrier()
-            out[use_cache] = _timed(step, args.steps, args.warmup, device)
+        out = _ddp_step_times(rank, args, device)
         times = [None] * world
         dist.all_gather_object(times, out)
         if rank == 0:
             results.put({c: max(t[c] for t in times) for c in (False, True)})  # the slowest rank sets the pace
+        # Every collective done and the DDP reducer gone before the group is torn down: gloo's destructor joins
+        # its worker thread while holding the GIL, and would wait forever for a work item still releasing a tensor.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -356,7 +368,15 @@ def run_scaling_bench(args: argparse.Namespace) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         queue = ctx.Queue()
-        mp.start_processes(_scaling_worker, args=(n, args, port, queue), nprocs=n, join=True, start_method="spawn")
+        procs = mp.start_processes(
+            _scaling_worker, args=(n, args, port, queue), nprocs=n, join=False, start_method="spawn"
+        )
+        deadline = time.monotonic() + args.timeout
+        while not procs.join(timeout=5):  # re-raises a worker's error
+            if time.monotonic() > deadline:
+                for p in procs.processes:
+                    p.kill()
+                raise TimeoutError(f"the {n}-process scaling run took more than --timeout {args.timeout} s")
         times = queue.get()
         for cache, dt in times.items():
             res["runs"].append({"devices": n, "cache": cache, "step_s": dt, "samples_per_s": n * args.batch / dt})

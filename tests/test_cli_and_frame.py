@@ -205,6 +205,8 @@ def test_scaling_bench_runs_ddp_at_each_device_count(tmp_path, capsys):
                 "1,2",
                 "--device",
                 "cpu",
+                "--timeout",
+                "300",
                 "--batch",
                 "1",
                 "--steps",
