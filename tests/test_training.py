@@ -63,7 +63,9 @@ def _run_dir(tmp_path):
 
 
 def test_fit_runs_cycles_and_writes_everything(tmp_path, synth):
-    assert main(["fit", "--config", str(_config(tmp_path, synth))]) == 0
+    probe = tmp_path / "probe.yaml"  # frozen parts must be in eval mode at every training step
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.FrozenPartsInEval"}]}}))
+    assert main(["fit", "--config", str(_config(tmp_path, synth)), "--config", str(probe)]) == 0
     run = _run_dir(tmp_path)
     # cycle 0 was saved before training, then one discovery per cycle, schema-valid
     start = json.loads((run / "symbols_cycle_0.json").read_text())

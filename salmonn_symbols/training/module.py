@@ -210,6 +210,10 @@ class SymbolLitModule(L.LightningModule):
         sampler = self.trainer.datamodule.train_sampler
         if sampler is not None:  # Lightning only sets the epoch of samplers it owns
             sampler.set_epoch(self.current_epoch)
+        # Lightning never calls train() during fit: it restores each submodule's own flag after validation. Calling
+        # it here applies SpeechLLM's rule that the frozen encoders (and a frozen Q-Former) stay in eval mode, so
+        # no dropout or layer drop reaches the speech features or the cache.
+        self.model.train()
         info = self.phase()
         log.info("epoch %d: cycle %d, %s phase", self.current_epoch, info.cycle, info.phase)
         self._start_digests = self._digests()

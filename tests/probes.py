@@ -1,0 +1,16 @@
+"""Callbacks that tests load by class path into real `salmonn-symbols fit` runs."""
+
+import lightning as L
+
+
+class FrozenPartsInEval(L.Callback):
+    """Fails the run if a frozen speech-path part is in training mode during a training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        m = pl_module.model
+        parts = {"whisper": m.whisper, "beats": m.beats, "qformer": m.speech_qformer, "proj": m.speech_llama_proj}
+        live = [name for name, part in parts.items() if any(x.training for x in part.modules())]
+        if live:
+            raise AssertionError(f"frozen parts in training mode at epoch {trainer.current_epoch}: {live}")
+        if not pl_module.model.llm.training:
+            raise AssertionError("the LLM (LoRA dropout) should be in training mode")
