@@ -27,9 +27,15 @@ from ..model.speech_llm import SpeechLLM
 __all__ = ["SpeechCache", "audio_key", "speech_fingerprint"]
 
 
+# Part of every fingerprint. 2: rows are computed with the frozen parts in eval mode during training too (rows of
+# format 1 could carry BEATs / Q-Former dropout), so caches written before that fix are never read.
+CACHE_FORMAT = 2
+
+
 def speech_fingerprint(model: SpeechLLM, dtype: str) -> str:
     """Hash of the speech path's weights and settings and of the compute dtype."""
     h = hashlib.sha256()
+    h.update(f"format{CACHE_FORMAT}".encode())
     parts = [
         ("whisper", model.whisper),
         ("beats", model.beats),
