@@ -256,8 +256,10 @@ def test_sigkill_mid_phase_and_resume_gives_the_same_result(tmp_path, synth):
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (tmp_path / "run" / "symbols_final.json").exists()
+    probe = tmp_path / "probe.yaml"  # a run resumed mid-epoch must also keep the frozen parts in eval mode
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.FrozenPartsInEval"}]}}))
     resumed = subprocess.run(
-        [*fit, "--run_dir", str(tmp_path / "run"), "--ckpt_path", "last"],
+        [*fit, "--config", str(probe), "--run_dir", str(tmp_path / "run"), "--ckpt_path", "last"],
         env=env,
         capture_output=True,
         text=True,

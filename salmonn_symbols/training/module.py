@@ -596,6 +596,7 @@ class SymbolLitModule(L.LightningModule):
             )
 
     def on_train_start(self) -> None:
+        self.model.train()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
         if getattr(self, "_resume_rng", None):
             set_rng_state(self._resume_rng)
         self._resume_rng = None
