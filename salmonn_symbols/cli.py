@@ -12,6 +12,7 @@ salmonn-symbols validate-discovery RUN/discovery                   schema-check 
 salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
 salmonn-symbols bench [--what model --size salmonn-13b]            time the symbol core or a training step
 salmonn-symbols demo                                               synthetic data + tiny model + 2 cycles
+salmonn-symbols experiment NAME --preset quick|full [--key value]  a companion experiment (experiment --help)
 """
 
 from __future__ import annotations
@@ -98,6 +99,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out)
 
 
+def _experiment(argv: list[str]) -> int:
+    from .experiments import EXPERIMENTS
+    from .experiments.common import run_experiment_command
+
+    if not argv or argv[0].startswith("-"):
+        print("usage: salmonn-symbols experiment NAME [--preset quick|full] [--config FILE] [--key value ...]")
+        print("experiments: " + (", ".join(sorted(EXPERIMENTS)) or "none installed"))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return run_experiment_command(argv[0], argv[1:])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"salmonn-symbols experiment: error: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool commands."""
     p = argparse.ArgumentParser(
@@ -161,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .training.cli import run_lightning_cli
 
         return run_lightning_cli(argv)
+    if argv and argv[0] == "experiment":
+        return _experiment(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
