@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from salmonn_symbols.model.tokenizer import build_tiny_llama_tokenizer, whisper_gpt2_tokenizer
 from salmonn_symbols.symbols import SymbolTokenizer
-from salmonn_symbols.tokenizer_builders import build_tiny_llama_tokenizer, whisper_gpt2_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -14,3 +14,13 @@ class FrozenPartsInEval(L.Callback):
             raise AssertionError(f"frozen parts in training mode at epoch {trainer.current_epoch}: {live}")
         if not pl_module.model.llm.training:
             raise AssertionError("the LLM (LoRA dropout) should be in training mode")
+
+
+class BookHandedOver(L.Callback):
+    """Fails the run unless the data side substitutes from its own copy of the cycle's current book."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        dm_book, book = trainer.datamodule.book, pl_module.cycle.book
+        if dm_book is book or dm_book.mapping != book.mapping:
+            raise AssertionError(f"epoch {trainer.current_epoch}: data book {dm_book.mapping} vs {book.mapping}")
+        self.epochs = getattr(self, "epochs", 0) + 1

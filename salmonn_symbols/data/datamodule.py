@@ -1,8 +1,9 @@
 """LightningDataModule over one or more task descriptions.
 
-The model's tokenizer and the current symbol book are bound with `bind` (the LightningModule does it in
-``setup``); the collate function reads the book at every batch, so a new mapping applies from the next batch.
-DataLoader workers are not persistent, so every epoch's workers start with the current book.
+The model's tokenizer and the first symbol book are bound with `bind` (the LightningModule does it in
+``setup``); after every discovery, rollback and resume the training cycle hands the new book over with
+`set_book`. Loaders made after that substitute the new symbols. Loaders are made again for every epoch unless
+``persistent_workers`` is set: then they are kept (with their worker processes) until the book changes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from ..io import atomic_write_text
-from ..model.prompt import PromptBuilder
 from ..symbols.book import SymbolBook
 from .dataset import SpeechCollator, SpeechDataset
 from .manifest import DataProblem, Sample, read_split
+from .prompt import PromptBuilder
 from .sampler import BalancedBatchSampler, ShardedEvalBatchSampler
 from .tasks import DataConfigError, TaskConfig, load_task_config
 from .transforms import PromptTransform
@@ -55,6 +56,7 @@ class SymbolDataModule(L.LightningDataModule):
         val_split: Split name used for validation.
         test_split: Split name used for testing.
         pin_memory: Pin host memory for faster copies to the GPU.
+        persistent_workers: Keep the DataLoader workers alive between epochs (until the symbols change).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class SymbolDataModule(L.LightningDataModule):
         val_split: str = "validation",
         test_split: str = "test",
         pin_memory: bool = True,
+        persistent_workers: bool = False,
     ):
         super().__init__()
         if not tasks:
@@ -83,7 +86,8 @@ class SymbolDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.sampling, self.sampling_temperature = num_workers, sampling, sampling_temperature
         self.epoch_size, self.bucket_batches, self.on_bad_sample = epoch_size, bucket_batches, on_bad_sample
-        self.seed, self.pin_memory = seed, pin_memory
+        self.seed, self.pin_memory, self.persistent_workers = seed, pin_memory, persistent_workers
+        self._loaders: dict[str, DataLoader] = {}
         self.split_names = {"train": train_split, "validation": val_split, "test": test_split}
         self.tasks: list[TaskConfig] = [load_task_config(p) for p in self.task_paths]
         names = [t.name for t in self.tasks]
@@ -128,11 +132,17 @@ class SymbolDataModule(L.LightningDataModule):
         pool = {t.name: s for t, s in zip(self.tasks, self.load_split("train"), strict=True)}
         self.transform = PromptTransform({t.name: t for t in self.tasks}, pool, book, self.seed)
 
+    @property
+    def book(self) -> SymbolBook | None:
+        """The symbol book the data side substitutes from (None: the original label words)."""
+        return self.transform.book if self.transform is not None else None
+
     def set_book(self, book: SymbolBook | None) -> None:
-        """Switches the substitution to ``book`` (None: the original label words)."""
+        """Switches the substitution to ``book`` (None: the original label words) for the loaders made from now on."""
         if self.transform is None:
             raise RuntimeError("bind() the tokenizer before set_book()")
-        self.transform.book = book
+        self.transform = self.transform.with_book(book)
+        self._loaders.clear()  # kept loaders (persistent workers) hold the old book
 
     def setup(self, stage: str | None = None) -> None:
         self.load_split("train" if stage in (None, "fit") else "test")
@@ -147,23 +157,33 @@ class SymbolDataModule(L.LightningDataModule):
     def _loader(self, dataset: SpeechDataset, sampler: Any, with_original: bool = False) -> DataLoader:
         if self.prompts is None or self.transform is None:
             raise RuntimeError("SymbolDataModule.bind(tokenizer, book) must be called before using the loaders")
-        original = None
-        if with_original:  # evaluation also scores the original label words (the reference condition)
-            original = PromptTransform(self.transform.tasks, self.transform.pool, None, self.seed)
+        # evaluation also scores the original label words (the reference condition)
+        original = self.transform.with_book(None) if with_original else None
         return DataLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=SpeechCollator(self.prompts, self.transform, original),
             pin_memory=self.pin_memory,
-            persistent_workers=False,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _kept(self, role: str, make) -> DataLoader:
+        """The loader of ``role``: kept between epochs with persistent workers, made anew otherwise."""
+        if not (self.persistent_workers and self.num_workers > 0):
+            return make()
+        if role not in self._loaders:
+            self._loaders[role] = make()
+        return self._loaders[role]
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
+        return self._kept("train", self._train_loader)
+
+    def _train_loader(self) -> DataLoader:
         samples = self.load_split("train")
         rank, world = self._rank_world()
         if self.train_sampler is None:
@@ -193,10 +213,10 @@ class SymbolDataModule(L.LightningDataModule):
         return self._loader(SpeechDataset(samples, self.tasks, self.on_bad_sample), sampler, with_original=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validation")
+        return self._kept("validation", lambda: self._eval_loader("validation"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self._kept("test", lambda: self._eval_loader("test"))
 
     def resume_sampler(self, state: dict[str, int] | None) -> None:
         """Resumes the training sampler at ``state`` (epoch and batches consumed) when it is next created."""

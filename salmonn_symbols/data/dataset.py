@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..model.prompt import PromptBuilder
 from .audio import AudioStats, audio_key, load_audio, prepare_waveform
 from .manifest import DataError, DataProblem, Sample
+from .prompt import PromptBuilder
 from .tasks import TaskConfig
 from .transforms import PromptTransform
 

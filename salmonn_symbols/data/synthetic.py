@@ -21,14 +21,12 @@ so validation and test sentences are never heard in training: a model cannot sco
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +42,7 @@ import yaml
 
 from ..io import atomic_write, atomic_write_text
 
-__all__ = ["SAMPLE_RATE", "SPLITS", "TASKS", "add_make_dataset_args", "make_dataset", "run_make_dataset"]
+__all__ = ["COMMAND_WORDS", "SAMPLE_RATE", "SPLITS", "TASKS", "make_dataset"]
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "validation", "test")
@@ -103,7 +101,8 @@ _PARALLEL = (
 )
 _LANG_SENTENCES = {lang: tuple(row[i] for row in _PARALLEL) for i, lang in enumerate(_LANG_VOICES)}
 # The first n_commands are used. No carrier phrase contains a command word, so the label is said exactly once.
-_COMMANDS = ("stop", "play", "pause", "louder", "quieter", "next", "previous", "repeat", "shuffle", "mute")
+COMMAND_WORDS = ("stop", "play", "pause", "louder", "quieter", "next", "previous", "repeat", "shuffle", "mute")
+_COMMANDS = COMMAND_WORDS
 _CARRIERS = (
     "please {cmd} now", "could you {cmd} the music", "{cmd}, please", "okay, {cmd}", "I said {cmd}",
     "hey speaker, {cmd}", "can you {cmd} it for me", "{cmd} the song right away", "my command is {cmd}",
@@ -390,39 +389,3 @@ def make_dataset(
     print(f"make-dataset: {totals[0]} clips, {totals[1] / 60:.1f} min of audio, built in {took:.1f} s", flush=True)
     print("make-dataset: task YAMLs: " + ", ".join(str(p) for p in out.values()), flush=True)
     return out
-
-
-def add_make_dataset_args(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``make-dataset`` options to ``parser``.
-
-    Args:
-        parser: The subcommand's parser.
-    """
-    parser.add_argument("--out", default="runs/synth", help="output folder (default: runs/synth)")
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="tasks to build")
-    parser.add_argument("--train-per-label", type=int, default=8, help="training clips per label")
-    parser.add_argument("--val-per-label", type=int, default=2, help="validation clips per label")
-    parser.add_argument("--test-per-label", type=int, default=2, help="test clips per label")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sentence choice, pitch and speed")
-    parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes run at once")
-    parser.add_argument("--n-commands", type=int, default=6, help=f"labels of the command task (2-{len(_COMMANDS)})")
-    parser.add_argument("--espeak", default="espeak-ng", help="espeak-ng executable")
-
-
-def run_make_dataset(args: argparse.Namespace) -> int:
-    """Runs ``make-dataset`` with parsed arguments.
-
-    Args:
-        args: Namespace from a parser set up by `add_make_dataset_args`.
-
-    Returns:
-        0 on success, 1 if espeak-ng is missing or failed (the reason goes to stderr). Bad arguments raise
-        ``ValueError``, which the CLI reports with exit status 2.
-    """
-    try:
-        names = ("tasks", "train_per_label", "val_per_label", "test_per_label", "seed", "workers", "espeak")
-        make_dataset(args.out, n_commands=args.n_commands, **{k: getattr(args, k) for k in names})
-    except RuntimeError as e:
-        print(f"salmonn-symbols make-dataset: error: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -12,6 +12,7 @@ same on every rank and after a resume.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Mapping, Sequence
 
@@ -43,6 +44,12 @@ class PromptTransform:
     ):
         self.tasks, self.book, self.seed, self.header = dict(tasks), book, seed, few_shot_header
         self.pool = {d: [s for s in samples if s.text] for d, samples in (few_shot_pool or {}).items()}
+
+    def with_book(self, book: SymbolBook | None) -> PromptTransform:
+        """The same transform (tasks, few-shot pool, seed) substituting from ``book`` (None: the label words)."""
+        new = copy.copy(self)
+        new.book = book
+        return new
 
     def _word(self, label: str) -> str:
         return self.book.symbol_for(label) if self.book is not None else label

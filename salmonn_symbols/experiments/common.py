@@ -100,21 +100,6 @@ def _value(v: Any) -> Any:
     return v.as_dict() if isinstance(v, Namespace) else v
 
 
-def run_experiment_command(name: str, argv: Sequence[str]) -> int:
-    """``salmonn-symbols experiment NAME ...``: parse, run, report where the results are."""
-    from . import load_experiment
-
-    exp = load_experiment(name)
-    if "-h" in argv or "--help" in argv:
-        print(f"presets: {', '.join(sorted(exp.presets))} (default {exp.default_preset})")
-    cfg, out, preset = parse_experiment_args(exp, argv)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"experiment {name}, preset {preset} -> {out}")
-    exp.run(cfg, out)
-    print(f"results: {out / 'results.json'}")
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------ provenance
 def git_commit(path: str | os.PathLike | None = None) -> str:
     """The commit of the repository holding ``path`` (default: this package), with "+dirty" if it has local

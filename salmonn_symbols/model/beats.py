@@ -34,22 +34,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from salmonn_symbols.io import atomic_write
+from ..io import atomic_write
+from .fbank import FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS, batched_fbank
 
 __all__ = ["BEATs", "BEATsConfig", "beats_token_count", "load_beats", "official_state_dict", "save_beats"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-NUM_MEL_BINS = 128
-FRAME_LENGTH = 400  # samples in a 25 ms Kaldi frame
-FRAME_SHIFT = 160  # samples in a 10 ms hop
 PATCH = 16  # frames x mel bins per patch: N = (frames // 16) * 8 tokens
-FBANK_MEAN, FBANK_STD = 15.41663, 6.55582  # BEATs pre-training statistics; the official code divides by 2 * std
 
 # The official pos_conv uses the legacy nn.utils.weight_norm, whose parameters are named weight_g / weight_v.
 _LEGACY_TO_MODERN = {
@@ -128,34 +123,6 @@ class BEATsConfig:
             max_distance=64,
             predictor_class=5,
         )
-
-
-_MEL_BANKS: dict[torch.device, Tensor] = {}
-
-
-def _mel_banks(device: torch.device) -> Tensor:
-    """Kaldi's 128 mel filters for a 512-point FFT, (128, 257), made once per device (a copy to the GPU on every
-    call would block the host)."""
-    if device not in _MEL_BANKS:
-        mel, _ = kaldi.get_mel_banks(NUM_MEL_BINS, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
-        _MEL_BANKS[device] = F.pad(mel, (0, 1)).float().to(device)  # Kaldi leaves out the Nyquist bin
-    return _MEL_BANKS[device]
-
-
-def _batched_fbank(wav: Tensor) -> Tensor:
-    """SALMONN's BEATs features for a batch: Kaldi fbank (povey window, pre-emphasis 0.97, DC removal, no dither,
-    128 mel bins, 25 ms / 10 ms frames, snip edges) of ``wav * 2**15``, normalised; (B, S) -> (B, T, 128) fp32.
-
-    Each frame reads only its own samples, so frames inside a clip equal ``kaldi.fbank`` of the clip alone.
-    """
-    x = wav.float() * 2**15
-    frames = x.unfold(1, FRAME_LENGTH, FRAME_SHIFT)  # (B, T, 400)
-    frames = frames - frames.mean(-1, keepdim=True)
-    frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-    frames = frames * torch.hann_window(FRAME_LENGTH, periodic=False, device=wav.device).pow(0.85)
-    power = torch.fft.rfft(frames, n=512).abs().pow(2)  # (B, T, 257)
-    fbank = (power @ _mel_banks(power.device).T).clamp_min(torch.finfo(torch.float32).eps).log()  # (B, T, 128)
-    return (fbank - FBANK_MEAN) / (2 * FBANK_STD)
 
 
 def beats_token_count(num_samples: int) -> int:
@@ -366,7 +333,7 @@ class BEATs(nn.Module):
         # Autocast would run the fbank's FFT power and mel matmul in bf16/fp16 and shift the log-mels the
         # checkpoint was trained on; the official code computes them in fp32.
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            fbank = _batched_fbank(wav)  # (B, T, 128)
+            fbank = batched_fbank(wav)  # (B, T, 128)
         T = fbank.shape[1] // PATCH * PATCH
         fbank = fbank[:, :T]
         frames = ((lengths - FRAME_LENGTH).clamp_min(0) // FRAME_SHIFT + 1) // PATCH * PATCH  # (B,) whole patches

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..tokenizer_builders import load_tokenizer
 from .beats import BEATs, BEATsConfig, load_beats
 from .checkpoint import load_salmonn_checkpoint
 from .llm import apply_lora, build_llm, llama_config, load_llm, set_lora_scale
 from .qformer import WindowQFormer, qformer_config
 from .speech_llm import SpeechLLM
+from .tokenizer import load_tokenizer
 from .whisper import build_whisper_encoder, load_whisper_encoder, whisper_encoder_config
 
 __all__ = ["SpeechLLMConfig", "build_speech_llm"]

@@ -32,7 +32,9 @@ from .quantize import (
 )
 from .report import (
     discovery_paths,
+    evolution_table,
     load_schema,
+    read_cycles,
     read_evolution,
     symbols_report,
     tokens_report,
@@ -62,11 +64,13 @@ __all__ = [
     "discover_symbols",
     "discovery_paths",
     "english_words",
+    "evolution_table",
     "final_mapping",
     "generate_symbols",
     "hard_quantize",
     "load_override",
     "load_schema",
+    "read_cycles",
     "read_evolution",
     "run_discovery",
     "soft_quantize",

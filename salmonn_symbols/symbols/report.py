@@ -21,6 +21,8 @@ from .discovery import SymbolChange, TokenDiscovery
 
 __all__ = [
     "discovery_paths",
+    "evolution_table",
+    "read_cycles",
     "load_schema",
     "read_evolution",
     "symbols_report",
@@ -165,3 +167,35 @@ def read_evolution(path: str | Path) -> list[tuple[int, dict[str, str]]]:
         if m and m.group(2) == "symbols":
             out.append((int(m.group(1)), read_json(p)["final_mappings"]))
     return sorted(out)
+
+
+def read_cycles(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(cycle, content) of every ``cycle_N_symbols.json`` in ``path`` (a run folder or its ``discovery/``), by
+    cycle; FileNotFoundError names the folder when there is none."""
+    path = Path(path)
+    folder = path / "discovery" if (path / "discovery").is_dir() else path
+    out = []
+    for p in folder.iterdir() if folder.is_dir() else ():
+        m = _FILE_RE.match(p.name)
+        if m and m.group(2) == "symbols":
+            out.append((int(m.group(1)), read_json(p)))
+    if not out:
+        raise FileNotFoundError(f"{path}: no cycle_N_symbols.json files (looked in {folder})")
+    return sorted(out, key=lambda x: x[0])
+
+
+def evolution_table(path: str | Path) -> str:
+    """The label × cycle table of a run: the symbols each cycle started from, then each discovery's symbol with
+    its cosine similarity and change type."""
+    cycles = read_cycles(path)
+    first = cycles[0][1]["symbol_changes"]
+    labels = [c["original_label"] for c in first]
+    rows = [["label", f"cycle {cycles[0][0] - 1}"] + [f"cycle {n}" for n, _ in cycles]]
+    for lab in labels:
+        row = [lab, next(c["current_symbol"] for c in first if c["original_label"] == lab)]
+        for _, data in cycles:
+            ch = next((c for c in data["symbol_changes"] if c["original_label"] == lab), None)
+            row.append("?" if ch is None else f"{ch['discovered_symbol']} ({ch['similarity']:.2f} {ch['change_type']})")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)

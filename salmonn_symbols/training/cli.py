@@ -20,7 +20,7 @@ from ..io import atomic_write
 from .module import SymbolLitModule
 from .schedule import CycleSchedule
 
-__all__ = ["AtomicCheckpointIO", "SymbolCLI", "run_lightning_cli"]
+__all__ = ["AtomicCheckpointIO", "SymbolCLI", "main", "run_lightning_cli"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -142,6 +142,11 @@ def run_lightning_cli(args: list[str]) -> int:
         print(f"salmonn-symbols {args[0]}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """``salmonn-symbols fit|validate|test ...``."""
+    return run_lightning_cli(argv)
 
 
 def _run(args: list[str]) -> None:

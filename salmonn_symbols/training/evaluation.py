@@ -14,15 +14,26 @@ from typing import Any
 import torch
 
 from ..data.metrics import MetricAccumulator
+from ..data.prompt import PromptBuilder
 from ..data.tasks import TaskConfig
-from ..model.prompt import PromptBuilder
 from ..model.speech_llm import SpeechLLM
 from ..symbols.book import SymbolBook
 
-__all__ = ["EVAL_MODES", "find_labels", "gather_accumulator", "predict_batch"]
+__all__ = ["EVAL_MODES", "Evaluator", "check_modes", "find_labels", "gather_accumulator", "predict_batch"]
 
 # mode -> (symbol embeddings at symbol positions, whether the prompt uses symbols)
 EVAL_MODES = {"soft": ("soft", True), "hard": ("hard", True), "original": ("raw", False)}
+
+
+def check_modes(eval_modes: Sequence[str], lora_phase_symbols: str) -> list[str]:
+    """The evaluation conditions, checked, with the LoRA phase's symbol mode; a ValueError names bad ones."""
+    bad = [m for m in eval_modes if m not in EVAL_MODES]
+    bad += [lora_phase_symbols] if lora_phase_symbols not in ("soft", "hard", "raw") else []
+    if bad:
+        raise ValueError(
+            f"unknown mode(s) {bad}: eval_modes take {list(EVAL_MODES)}, lora_phase_symbols takes soft|hard|raw"
+        )
+    return list(eval_modes)
 
 
 def _subset(batch: dict[str, Any], rows: list[int], original: bool) -> dict[str, Any]:
@@ -96,3 +107,49 @@ def gather_accumulator(acc: MetricAccumulator, tasks: Sequence[TaskConfig]) -> M
     for s in states:
         merged.merge(s)
     return merged
+
+
+class Evaluator:
+    """One evaluation epoch: predictions of every condition accumulated per dataset, then metrics to log.
+
+    Args:
+        tasks: The configured datasets.
+        modes: Conditions among `EVAL_MODES`.
+    """
+
+    def __init__(self, tasks: Sequence[TaskConfig], modes: Sequence[str]):
+        self.tasks, self.modes = list(tasks), list(modes)
+        self.accs = {m: MetricAccumulator({t.name: (t.labels, t.multi_label) for t in self.tasks}) for m in self.modes}
+
+    def update(
+        self,
+        model: SpeechLLM,
+        batch: dict[str, Any],
+        speech: torch.Tensor,
+        book: SymbolBook,
+        prompts: PromptBuilder,
+        temperature: float,
+    ) -> None:
+        """Scores one batch in every condition."""
+        tasks = {t.name: t for t in self.tasks}
+        for mode in self.modes:
+            preds = predict_batch(model, batch, speech, tasks, book, prompts, mode, temperature)
+            for d in set(batch["datasets"]):
+                rows = [r for r, x in enumerate(batch["datasets"]) if x == d]
+                self.accs[mode].update(d, [preds[r] for r in rows], [batch["gold"][r] for r in rows])
+
+    def compute(self, stage: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Metrics gathered over every rank: ``({"val/acc/ds": v, "val_hard/f1/mean": v, ...}, {mode: values})``;
+        identical on every rank, so they need no further reduction."""
+        metrics: dict[str, float] = {}
+        by_mode: dict[str, dict[str, float]] = {}
+        for mode, acc in self.accs.items():
+            acc = gather_accumulator(acc, self.tasks)
+            if not any(acc.state_dict()["golds"].values()):
+                continue
+            values = by_mode[mode] = acc.compute()
+            prefix = stage if mode == "soft" else f"{stage}_{mode}"
+            for key, v in values.items():  # "ds/acc" -> "val/acc/ds"
+                ds, metric = key.split("/", 1)
+                metrics[f"{prefix}/{metric}/{ds}"] = v
+        return metrics, by_mode

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from ..data.dataset import SpeechCollator, SpeechDataset
+from ..data.prompt import PromptBuilder
 from ..data.transforms import PromptTransform
-from ..model.prompt import PromptBuilder
 from ..model.speech_llm import SpeechLLM
 from ..symbols.book import SymbolBook
 
@@ -85,9 +85,7 @@ class TaskLossRescorer:
             except ValueError:  # the word is another label's symbol: it cannot be used
                 losses.append(float("inf"))
                 continue
-            collate = SpeechCollator(
-                self.prompts, PromptTransform(self.transform.tasks, self.transform.pool, trial, self.transform.seed)
-            )
+            collate = SpeechCollator(self.prompts, self.transform.with_book(trial))
             total, count = 0.0, 0
             for s in range(0, len(items), self.batch_size):
                 batch = collate(items[s : s + self.batch_size])

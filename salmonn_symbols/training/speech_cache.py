@@ -79,8 +79,21 @@ class SpeechCache:
                     for key in f.keys():
                         self.rows[key] = f.get_tensor(key)
 
+    @classmethod
+    def for_run(cls, model: SpeechLLM, folder: str | None, run_dir: Path, precision: str, rank: int) -> SpeechCache:
+        """The cache of a training run: under ``<run_dir>/speech_cache`` unless ``folder`` says where ("none":
+        memory only), fingerprinted by ``model``'s speech path and the Trainer's ``precision``."""
+        folder = folder or str(run_dir / "speech_cache")
+        return cls(None if folder.lower() == "none" else folder, speech_fingerprint(model, precision), rank)
+
     def __len__(self) -> int:
         return len(self.rows)
+
+    def hit_rate(self) -> float:
+        """The share of clips served from the cache since the last call (then the counts restart)."""
+        rate = self.hits / max(1, self.hits + self.misses)
+        self.hits = self.misses = 0
+        return rate
 
     def speech(self, model: SpeechLLM, batch: dict, keys: list[str]) -> Tensor:
         """Speech embeddings of the batch: cached rows as they are, the others computed and remembered.

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from salmonn_symbols.model.prompt import PromptBuilder
+from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.model.qformer import WindowQFormer, num_windows, qformer_config
 from salmonn_symbols.model.symbol_injector import SymbolInjector
 from salmonn_symbols.symbols import Codebook, SymbolBook, build_candidate_masks, hard_quantize, soft_quantize

@@ -11,7 +11,7 @@ import pytest
 from salmonn_symbols.cli import main
 from salmonn_symbols.io import atomic_write_json, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generate_symbols_cli(tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_demo_runs_two_cycles_and_prints_the_evolution(tmp_path, capsys):
     out = capsys.readouterr().out
     run = sorted((tmp_path / "logs").glob("version_*"))[-1]
     assert main(["validate-discovery", str(run / "discovery")]) == 0
-    assert "cycle_2_symbols.json" in out and "label" in out and "cycle2" in out
+    assert "cycle_2_symbols.json" in out and "label" in out and "cycle 2" in out
     assert "validation accuracy" in out
 
 

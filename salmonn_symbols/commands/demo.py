@@ -14,16 +14,16 @@ import json
 import time
 from pathlib import Path
 
-__all__ = ["run_demo"]
+__all__ = ["add_args", "run", "run_demo"]
 
-_TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+_TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
 
 def _evolution(run: Path) -> None:
-    from .cli import main
+    from ..symbols import evolution_table
 
-    print("\nsymbol evolution (label -> symbol per cycle):")
-    main(["show-evolution", str(run / "discovery")])
+    print("\nsymbol evolution (label -> symbol per cycle, with similarity and change type):")
+    print(evolution_table(run))
     for f in sorted((run / "discovery").glob("cycle_*_symbols.json")):
         data = json.loads(f.read_text())
         kinds = [c["change_type"] for c in data["symbol_changes"]]
@@ -46,8 +46,8 @@ def _accuracy(run: Path) -> None:
 
 def run_demo(out: str | Path = "runs/demo") -> int:
     """Runs the demo under ``out``; returns an exit status."""
-    from .cli import main
-    from .data.synthetic import make_dataset
+    from ..data.synthetic import make_dataset
+    from ..training.cli import run_lightning_cli
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def run_demo(out: str | Path = "runs/demo") -> int:
         "--data.tasks",
         json.dumps([str(p) for p in yamls.values()]),
     ]
-    status = main(args)
+    status = run_lightning_cli(args)
     if status:
         return status
     run = sorted((out / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
@@ -76,3 +76,13 @@ def run_demo(out: str | Path = "runs/demo") -> int:
     _accuracy(run)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; discovery files: {run / 'discovery'}")
     return 0
+
+
+def add_args(p) -> None:
+    """Options of ``demo``."""
+    p.add_argument("--out", default="runs/demo", help="output folder")
+
+
+def run(args) -> int:
+    """Runs the demo."""
+    return run_demo(args.out)

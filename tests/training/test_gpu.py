@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
-from salmonn_symbols.model.prompt import PromptBuilder
 from salmonn_symbols.symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -67,23 +67,21 @@ def test_speech_encoders_make_no_host_sync(setup):
 
 
 def test_cached_step_with_clipping_and_the_finite_guard_makes_no_host_sync(setup):
-    """The whole training step as the LightningModule runs it: speech rows from the pinned cache, forward,
-    backward, clipping, the on-device non-finite skip and the fused optimizer step."""
-    from salmonn_symbols.training.module import SymbolLitModule
+    """The training step that fit runs (PhaseStep): speech rows from the pinned cache, forward, backward,
+    clipping, the on-device non-finite skip, the fused optimizer step and its LR schedule."""
     from salmonn_symbols.training.speech_cache import SpeechCache
+    from salmonn_symbols.training.step import PhaseStep, phase_optimizers
 
     model, _, batch = setup
     cache, keys = SpeechCache(None, "gpu-test"), ["a", "b"]
-    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=True)
-    guard = SymbolLitModule(output_dir="unused")  # its non-finite guard, outside a Trainer
+    opts, scheds = phase_optimizers(model, 1e-4, 1e-3, 0.01, 1e-4, 0)
+    names = ("lora", "mlp")
+    phase_step = PhaseStep(model, dict(zip(names, opts, strict=True)), dict(zip(names, scheds, strict=True)))
+    guard = phase_step.guard
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(batch, "soft", 0.1, speech=cache.speech(model, batch, keys))
-        out.loss.backward()
-        guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_(model.lora_parameters(), 1.0))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            phase_step(batch, "lora", 0.1, speech=cache.speech(model, batch, keys))
 
     step()  # fills the cache and warms up
     torch.cuda.synchronize()
@@ -93,7 +91,7 @@ def test_cached_step_with_clipping_and_the_finite_guard_makes_no_host_sync(setup
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert cache.hits == 2
-    guard._raise_if_not_finite()  # finite throughout: nothing to report
+    assert guard.first_bad() is None  # finite throughout: nothing to report
 
 
 def test_compiled_blocks_match_eager_on_the_gpu(setup):

@@ -13,10 +13,10 @@ from salmonn_symbols.data.audio import load_audio
 from salmonn_symbols.data.datamodule import SymbolDataModule, write_skipped
 from salmonn_symbols.data.dataset import SpeechCollator, SpeechDataset
 from salmonn_symbols.data.manifest import DataError, read_split
+from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.data.sampler import BalancedBatchSampler, ShardedEvalBatchSampler, dataset_weights
 from salmonn_symbols.data.tasks import DataConfigError, TaskConfig, load_task_config
 from salmonn_symbols.data.transforms import PromptTransform
-from salmonn_symbols.model.prompt import PromptBuilder
 from salmonn_symbols.symbols import SymbolBook
 
 SR = 16000
@@ -309,7 +309,7 @@ def test_multilabel_targets(tmp_path):
 def test_few_shot_comes_from_train_only(tmp_path, book):
     rows = {"train": _rows(tmp_path, 6, "t"), "validation": _rows(tmp_path, 3, "v")}
     dm = SymbolDataModule([str(_task(tmp_path, rows, few_shot=3))], num_workers=0)
-    from salmonn_symbols.tokenizer_builders import build_tiny_llama_tokenizer
+    from salmonn_symbols.model.tokenizer import build_tiny_llama_tokenizer
 
     dm.bind(build_tiny_llama_tokenizer(), book)
     val = dm.load_split("validation")[0]
@@ -441,7 +441,7 @@ def test_label_aliases_and_shipped_task_configs(tmp_path):
     assert read_split(cfg, "train")[0][0].label == "anger"
     with pytest.raises(DataConfigError, match="label_aliases"):
         load_task_config(_task(tmp_path, {"train": rows}, label_aliases={"Anger": "rage"}))
-    shipped = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
+    shipped = sorted((Path(__file__).parents[2] / "configs" / "data").glob("*.yaml"))
     assert len(shipped) >= 4
     for p in shipped:
         cfg = load_task_config(p)
@@ -456,3 +456,23 @@ def test_sampler_continues_when_a_pass_stops_at_its_end():
         first.append(next(it))
     second = list(s)
     assert len(second) == len(s) and second != first and s.state_dict() == {"epoch": 2, "batches_done": 0}
+
+
+def test_the_book_is_handed_over_and_kept_loaders_follow_it(tmp_path, book, llama_tok):
+    """The data side substitutes from the book it was handed; with persistent workers its loaders are kept
+    between epochs until a new book arrives."""
+    task = _task(tmp_path, {"train": _rows(tmp_path), "validation": _rows(tmp_path, 3, "v")})
+    dm = SymbolDataModule([str(task)], batch_size=2, num_workers=1, persistent_workers=True, pin_memory=False)
+    dm.setup("fit")
+    dm.bind(llama_tok, book)
+    loader = dm.train_dataloader()
+    assert dm.train_dataloader() is loader and dm.val_dataloader() is dm.val_dataloader()
+    assert next(iter(loader))["targets"][0] in {"kesh", "zolf", "plix"}
+    new = SymbolBook(labels=LABELS, mapping={"anger": "vox", "joy": "lumo", "neutral": "tesk"})
+    dm.set_book(new)
+    assert dm.book is new and dm.train_dataloader() is not loader
+    assert {t for b in dm.train_dataloader() for t in b["targets"]} <= {"vox", "lumo", "tesk"}
+    plain = SymbolDataModule([str(task)], batch_size=2, num_workers=0, pin_memory=False)
+    plain.setup("fit")
+    plain.bind(llama_tok, book)
+    assert plain.train_dataloader() is not plain.train_dataloader()  # made anew each epoch without workers

@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
 from salmonn_symbols.model.checkpoint import (
     load_salmonn_checkpoint,
@@ -16,7 +17,6 @@ from salmonn_symbols.model.checkpoint import (
     trainable_state_dict,
 )
 from salmonn_symbols.model.llm import set_lora_scale
-from salmonn_symbols.model.prompt import PromptBuilder
 from salmonn_symbols.symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 
 SR = 16000

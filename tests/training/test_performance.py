@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from salmonn_symbols.model_bench import _fit_text, _prepare, _step_fn
+from salmonn_symbols.commands.model_bench import _fit_text, _optimizers, _prepare, _step_fn
 from salmonn_symbols.training.compile import compile_blocks
 
 
@@ -39,7 +39,7 @@ def test_step_does_no_per_token_work(tiny):
     tokens in Python, in symbol injection, soft quantization, prompt assembly or the loss."""
     model, host = tiny
     model.train()
-    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4)
+    opts = _optimizers(model)
     from salmonn_symbols.training.speech_cache import SpeechCache
 
     counts, extra = [], host["text_ids"].shape[1]
@@ -47,7 +47,7 @@ def test_step_does_no_per_token_work(tiny):
         batch = dict(host)
         _fit_text(batch, host["text_ids"].shape[1] * scale)
         cache = SpeechCache(None, "t")
-        step = _step_fn(model, batch, ["a", "b"], cache, torch.device("cpu"), torch.float32, opt, False)
+        step = _step_fn(model, batch, ["a", "b"], cache, torch.device("cpu"), torch.float32, opts, "lora", False)
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
@@ -71,19 +71,27 @@ def test_fused_adamw_skips_a_non_finite_step_on_the_device():
 
 
 def test_the_training_guard_skips_and_then_reports_the_first_bad_step(tmp_path):
-    from salmonn_symbols.training.module import SymbolLitModule
+    from types import SimpleNamespace
 
-    guard = SymbolLitModule(output_dir=str(tmp_path))
+    from salmonn_symbols.training.callbacks import NonFiniteCheck
+    from salmonn_symbols.training.schedule import CycleSchedule
+    from salmonn_symbols.training.step import NonFiniteGuard
+
+    guard = NonFiniteGuard()
+    module = SimpleNamespace(guard=guard, schedule=CycleSchedule(), out_dir=tmp_path)  # what the check reads
+    check = NonFiniteCheck()
     p = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([p], lr=0.1, fused=True)
     p.grad = torch.ones(3)
-    guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_([p], 1.0))
+    guard.mark(opt, torch.nn.utils.clip_grad_norm_([p], 1.0), step=0, epoch=0)
     opt.step()
-    guard._raise_if_not_finite()  # a finite step: nothing to report
+    check.check(None, module)  # a finite step: nothing to report
     stepped = p.detach().clone()
     p.grad = torch.full((3,), float("inf"))
-    guard._skip_if_not_finite(opt, torch.nn.utils.clip_grad_norm_([p], 1.0))
+    guard.mark(opt, torch.nn.utils.clip_grad_norm_([p], 1.0), step=3, epoch=1)
     opt.step()
     assert torch.equal(p.detach(), stepped)
-    with pytest.raises(FloatingPointError, match="not finite at step 0 .cycle 1, lora phase"):
-        guard._raise_if_not_finite()
+    guard.mark(opt, torch.nn.utils.clip_grad_norm_([p], 1.0), step=5, epoch=2)
+    assert guard.first_bad() == (3, 1)  # the first bad step is the one reported
+    with pytest.raises(FloatingPointError, match="not finite at step 3 .cycle 1, mlp phase"):
+        check.check(None, module)

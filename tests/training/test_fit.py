@@ -14,8 +14,7 @@ from salmonn_symbols.cli import main
 from salmonn_symbols.symbols import validate_discovery_dir
 from salmonn_symbols.training.schedule import CycleSchedule
 
-ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="needs espeak-ng")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_schedule():
@@ -39,7 +38,13 @@ def test_schedule():
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
+    """The synthetic espeak-ng speaker and command tasks (tests that use them are skipped without espeak-ng)."""
+    import shutil
+
     from salmonn_symbols.data.synthetic import make_dataset
+
+    if not shutil.which("espeak-ng"):
+        pytest.skip("needs espeak-ng (`make setup` installs it)")
 
     out = tmp_path_factory.mktemp("synth")
     return make_dataset(out, tasks=("speaker", "command"), train_per_label=3, val_per_label=1, test_per_label=1)
@@ -64,7 +69,8 @@ def _run_dir(tmp_path):
 
 def test_fit_runs_cycles_and_writes_everything(tmp_path, synth):
     probe = tmp_path / "probe.yaml"  # frozen parts must be in eval mode at every training step
-    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "probes.FrozenPartsInEval"}]}}))
+    probes = [{"class_path": "probes.FrozenPartsInEval"}, {"class_path": "probes.BookHandedOver"}]
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": probes}}))
     assert main(["fit", "--config", str(_config(tmp_path, synth)), "--config", str(probe)]) == 0
     run = _run_dir(tmp_path)
     # cycle 0 was saved before training, then one discovery per cycle, schema-valid
@@ -235,7 +241,7 @@ def test_sigkill_mid_phase_and_resume_gives_the_same_result(tmp_path, synth):
         os.environ,
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
-        PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        PYTHONPATH=f"{Path(__file__).parents[1]}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
     fit = [sys.executable, "-m", "salmonn_symbols", "fit", *base]
     ref = subprocess.run(
@@ -535,23 +541,29 @@ def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_p
 
 
 def test_rollback_restores_the_last_good_mapping():
+    from salmonn_symbols.data.datamodule import SymbolDataModule
     from salmonn_symbols.symbols import SymbolBook
     from salmonn_symbols.training.module import SymbolLitModule
-    from salmonn_symbols.training.schedule import PhaseInfo
 
     module = SymbolLitModule(rollback_margin=0.1)
     module.configure_model()
-    labels = ["alpha", "beta"]
-    module.book = SymbolBook.create(labels, module.symtok, seed=0)
-    start = dict(module.book.mapping)
-    module.book.update({"alpha": SymbolBook.create(["x"], module.symtok, seed=5).mapping["x"]}, 1, "discovered")
-    info = PhaseInfo(cycle=2, phase="lora", epoch_in_phase=0, phase_epochs=1, discover_after=False, phase_end=True)
-    module.best_soft_acc = 0.8
-    module._last_eval = {"soft": {"mean/acc": 0.75}}  # within the margin: keep the discovered symbols
-    module._maybe_rollback(info)
-    assert module.book.history[-1].source == "discovered"
-    module._last_eval = {"soft": {"mean/acc": 0.5}}  # dropped by more than the margin: roll back
-    module._maybe_rollback(info)
-    assert module.book.mapping == start and module.book.history[-1].source == "rollback"
-    spans = [module.symtok.word_ids(s) for s in module.book.symbols]
+    cycle = module.cycle
+    cycle.book = SymbolBook.create(["alpha", "beta"], module.symtok, seed=0)
+    start = dict(cycle.book.mapping)
+    cycle.book.update({"alpha": SymbolBook.create(["x"], module.symtok, seed=5).mapping["x"]}, 1, "discovered")
+    cycle.best_soft_acc = 0.8
+    assert not cycle.maybe_rollback(2, 0.75)  # within the margin: keep the discovered symbols
+    assert cycle.book.history[-1].source == "discovered"
+    assert cycle.maybe_rollback(2, 0.5)  # dropped by more than the margin: roll back
+    assert cycle.book.mapping == start and cycle.book.history[-1].source == "rollback"
+    assert cycle.best_soft_acc == 0.8
+    # the restored mapping is handed to the model and, as a copy, to the data side
+    dm = SymbolDataModule.__new__(SymbolDataModule)
+    dm.transform, dm._loaders = None, {}
+    from salmonn_symbols.data.transforms import PromptTransform
+
+    dm.transform = PromptTransform({}, None, None, 0)
+    cycle.hand_over(module.model, module.symtok, dm)
+    spans = [module.symtok.word_ids(s) for s in cycle.book.symbols]
     assert module.model.symbols.token_ids.tolist() == [t for s in spans for t in s]
+    assert dm.book.mapping == cycle.book.mapping and dm.book is not cycle.book

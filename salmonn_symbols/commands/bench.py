@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from .io import atomic_write_json
-from .symbols import Codebook, SymbolMLP, soft_quantize, topk_candidates
+from ..io import atomic_write_json
+from ..symbols import Codebook, SymbolMLP, soft_quantize, topk_candidates
 
-__all__ = ["add_bench_args", "run_bench"]
+__all__ = ["add_args", "run", "run_bench"]
 
 
-def add_bench_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     """Adds the benchmark's options to ``p``."""
     p.add_argument(
         "--what",
@@ -132,3 +132,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     atomic_write_json(args.out, res)
     print(f"wrote {args.out}")
     return json.loads(json.dumps(res))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``bench``."""
+    run_bench(args)
+    return 0

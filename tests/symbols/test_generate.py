@@ -1,7 +1,7 @@
 import pytest
 
+from salmonn_symbols.model.tokenizer import build_tiny_llama_tokenizer
 from salmonn_symbols.symbols import SymbolGenerationError, SymbolTokenizer, english_words, generate_symbols
-from salmonn_symbols.tokenizer_builders import build_tiny_llama_tokenizer
 
 LABELS = ["alpha", "beta", "gamma", "delta", "anger", "answer_agree", "neutral"]
 

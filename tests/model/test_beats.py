@@ -351,7 +351,7 @@ def test_eval_forward_under_no_grad_is_deterministic(ckpt_path):
 def test_batched_fbank_equals_kaldi_per_clip():
     import torchaudio.compliance.kaldi as kaldi
 
-    from salmonn_symbols.model.beats import _batched_fbank
+    from salmonn_symbols.model.fbank import batched_fbank as _batched_fbank
 
     g = torch.Generator().manual_seed(0)
     wav = torch.randn(3, 16000 * 3, generator=g) * torch.tensor([[0.1], [0.01], [0.5]])

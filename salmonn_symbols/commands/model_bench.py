@@ -2,9 +2,10 @@
 
     salmonn-symbols bench --what model --size salmonn-13b --batch 8
 
-Times forward + backward + optimizer step of the LoRA phase and the MLP phase (symbols through the MLP with soft
-quantization), each with the speech path computed and with it served by the `SpeechCache`, over a warm-up and a
-measured window. Every step copies its batch from pinned host memory, as the DataLoader hands it over. Prints
+Times the training step that ``fit`` runs (`training.step.PhaseStep`: forward, backward, clipping, the non-finite
+guard, the active optimizer and its schedule) in the LoRA phase and the MLP phase, each with the speech path
+computed and with it served by the `SpeechCache`, over a warm-up and a measured window. Every step copies its
+batch from pinned host memory, as the DataLoader hands it over. Prints
 samples/s, LLM tokens/s, the encoders' share of the step, peak memory and MFU against 989.4 TFLOP/s and against
 a bf16 matmul measured in the same run. ``--profile DIR`` also writes a Chrome trace of each phase and checks
 that the step issues the same operators whatever the sequence length (no per-token Python work).
@@ -19,11 +20,11 @@ import time
 
 import torch
 
-from .io import atomic_write_json
-from .model.builders import SpeechLLMConfig, build_speech_llm
-from .model.prompt import PromptBuilder
-from .model.qformer import num_windows
-from .symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
+from ..data.prompt import PromptBuilder
+from ..io import atomic_write_json
+from ..model.builders import SpeechLLMConfig, build_speech_llm
+from ..model.qformer import num_windows
+from ..symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 
 __all__ = ["run_model_bench"]
 
@@ -153,8 +154,8 @@ def _pinned(batch: dict) -> dict:
 
 def _prepare(args: argparse.Namespace, device: torch.device):
     """Model, pinned host batch and a filled speech cache for ``args``; compiled blocks when ``args.compile``."""
-    from .training.compile import compile_blocks
-    from .training.speech_cache import SpeechCache
+    from ..training.compile import compile_blocks
+    from ..training.speech_cache import SpeechCache
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tok, book = _bench_model(args.size, device, dtype)
@@ -169,21 +170,30 @@ def _prepare(args: argparse.Namespace, device: torch.device):
     return model, host, keys, cache, dtype
 
 
-def _step_fn(model, host: dict, keys: list[str], cache, device, dtype, opt, use_cache: bool, module=None):
-    """One training step: batch to the device, speech from the cache or the encoders, forward, backward, step."""
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
-    module = module or model
+def _optimizers(model) -> tuple[list, list]:
+    """The optimizers and LR schedules of ``fit`` (fused AdamW, no warm-up)."""
+    from ..training.step import phase_optimizers
 
-    def step():
+    opts, scheds = phase_optimizers(model, 1e-4, 1e-4, 0.01, 1e-4, 0)
+    return dict(zip(("lora", "mlp"), opts, strict=True)), dict(zip(("lora", "mlp"), scheds, strict=True))
+
+
+def _step_fn(model, host: dict, keys: list[str], cache, device, dtype, opts, phase: str, use_cache: bool, module=None):
+    """The training step of ``fit`` (`PhaseStep`: forward, backward, clipping, the non-finite guard, the active
+    optimizer and its schedule), fed as ``fit`` feeds it: the batch copied from pinned host memory, the speech
+    from the cache or the encoders."""
+    from ..training.step import PhaseStep
+
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
+    step = PhaseStep(model, *opts)
+
+    def run():
         batch = _to_device(host, device)
         with autocast:
             speech = cache.speech(model, batch, keys) if use_cache else None
-            loss = module(batch, symbol_mode="soft", temperature=0.1, speech=speech).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            step(batch, phase, 0.1, speech=speech, forward=module)
 
-    return step
+    return run
 
 
 def run_model_bench(args: argparse.Namespace) -> dict:
@@ -195,11 +205,7 @@ def run_model_bench(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model, host, keys, cache, dtype = _prepare(args, device)
     build_s = time.perf_counter() - t0
-    fused = device.type == "cuda"
-    opts = {
-        "lora": torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=fused),
-        "mlp": torch.optim.AdamW(model.symbol_parameters(), lr=1e-4, fused=fused),
-    }
+    opts = _optimizers(model)
     batch = _to_device(host, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
 
@@ -229,7 +235,7 @@ def run_model_bench(args: argparse.Namespace) -> dict:
         for use_cache in (False, True):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            step = _step_fn(model, host, keys, cache, device, dtype, opts[phase], use_cache)
+            step = _step_fn(model, host, keys, cache, device, dtype, opts, phase, use_cache)
             dt = _timed(step, args.steps, args.warmup, device)
             f = args.batch * (flops["llm"] + (0 if use_cache else flops["whisper"] + flops["beats"]))
             run = {
@@ -265,7 +271,7 @@ def _profile(args, model, host, keys, cache, device, dtype, opts) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     out: dict = {"traces": []}
     for phase in ("lora", "mlp"):
-        step = _step_fn(model, host, keys, cache, device, dtype, opts[phase], False)
+        step = _step_fn(model, host, keys, cache, device, dtype, opts, phase, False)
         with profile(activities=acts) as prof:
             step()
             if device.type == "cuda":
@@ -280,7 +286,7 @@ def _profile(args, model, host, keys, cache, device, dtype, opts) -> dict:
     for scale in (1, 2):
         longer = dict(host)
         _fit_text(longer, host["text_ids"].shape[1] * scale)
-        step = _step_fn(model, longer, keys, cache, device, dtype, opts["lora"], True)
+        step = _step_fn(model, longer, keys, cache, device, dtype, opts, "lora", True)
         step()  # compiles the new length first
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
@@ -317,10 +323,10 @@ def _ddp_step_times(rank: int, args: argparse.Namespace, device: torch.device) -
     torch.manual_seed(0)
     model, host, keys, cache, dtype = _prepare(args, device)
     ddp = DDP(model, device_ids=[rank] if cuda else None)  # registers LoRA + MLP, the trainable groups
-    opt = torch.optim.AdamW(model.lora_parameters(), lr=1e-4, fused=cuda)
+    opts = _optimizers(model)
     out = {}
     for use_cache in (False, True):
-        step = _step_fn(model, host, keys, cache, device, dtype, opt, use_cache, module=ddp)
+        step = _step_fn(model, host, keys, cache, device, dtype, opts, "lora", use_cache, module=ddp)
         dist.barrier()
         out[use_cache] = _timed(step, args.steps, args.warmup, device)
     return out

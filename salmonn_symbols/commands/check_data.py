@@ -12,11 +12,11 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .audio import SAMPLE_RATE
-from .manifest import DataError, Sample, read_split
-from .tasks import TaskConfig, load_task_config
+from ..data.audio import SAMPLE_RATE
+from ..data.manifest import DataError, Sample, read_split
+from ..data.tasks import TaskConfig, load_task_config
 
-__all__ = ["add_check_args", "check_data", "run_check"]
+__all__ = ["add_args", "check_data", "run"]
 
 
 def _configs(target: str) -> list[tuple[TaskConfig, str]]:
@@ -63,7 +63,7 @@ def _labels_in(path: Path, fmt: str) -> list[str]:
 
 def _decode(job: tuple[Sample, TaskConfig]) -> float | str:
     """Seconds of audio, or the problem as ``file:line: what``."""
-    from .dataset import SpeechDataset
+    from ..data.dataset import SpeechDataset
 
     sample, cfg = job
     item = SpeechDataset([[sample]], [cfg], on_bad_sample="skip")[(0, 0, 0)]
@@ -109,14 +109,14 @@ def check_data(target: str, workers: int = 2, progress: bool = True, out=None) -
     return len(problems)
 
 
-def add_check_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     """Adds the options of ``check-data``."""
     p.add_argument("target", help="a task YAML (configs/data/*.yaml), a JSONL manifest or a SALMONN annotation JSON")
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_check(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """CLI entry: exit status 1 when any problem was found."""
     n = check_data(args.target, args.workers, not args.no_progress)
     return 1 if n else 0

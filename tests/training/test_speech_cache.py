@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from salmonn_symbols.data.audio import audio_key
+from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
-from salmonn_symbols.model.prompt import PromptBuilder
 from salmonn_symbols.training.speech_cache import SpeechCache, speech_fingerprint
 
 

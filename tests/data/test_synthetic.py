@@ -19,15 +19,10 @@ import soundfile as sf
 import torch
 import yaml
 
+from salmonn_symbols.commands.make_dataset import add_args as add_make_dataset_args
+from salmonn_symbols.commands.make_dataset import run as run_make_dataset
 from salmonn_symbols.data.manifest import read_split
-from salmonn_symbols.data.synthetic import (
-    TASKS,
-    _Job,
-    _render,
-    add_make_dataset_args,
-    make_dataset,
-    run_make_dataset,
-)
+from salmonn_symbols.data.synthetic import TASKS, _Job, _render, make_dataset
 from salmonn_symbols.data.tasks import load_task_config
 from salmonn_symbols.model.whisper import log_mel
 

@@ -1,0 +1,1 @@
+"""The ``salmonn-symbols`` commands other than ``fit``/``validate``/``test``: one module per command."""
