@@ -7,6 +7,7 @@ salmonn-symbols discover --ckpt RUN/checkpoints/last.ckpt          discovery alo
 salmonn-symbols inspect RUN                                        evolution table + symbol_evolution.png
 salmonn-symbols check-data configs/data/x.yaml                     find every bad sample before training
 salmonn-symbols make-dataset --out runs/synth                      synthetic espeak-ng speech benchmark
+salmonn-symbols prepare-weights --out checkpoints/small            packaged Whisper + SmolLM2, converted and checked
 salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
 salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
 salmonn-symbols show-evolution RUN/discovery                       label x cycle table of symbols
@@ -157,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_make_dataset_args(m)
     m.set_defaults(func=run_make_dataset)
+
+    w = sub.add_parser("prepare-weights", help="convert the packaged Whisper and SmolLM2 weights and check them")
+    from .commands.prepare_weights import add_prepare_weights_args, run_prepare_weights
+
+    add_prepare_weights_args(w)
+    w.set_defaults(func=run_prepare_weights)
 
     from .training.offline import add_offline_commands
 
