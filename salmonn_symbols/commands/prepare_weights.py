@@ -155,6 +155,22 @@ def _record(source: Source) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def find_espeak(espeak: str = "espeak-ng") -> str:
+    """The espeak-ng executable's path.
+
+    Raises:
+        PrepareWeightsError: it is not installed (the message says how to install it).
+    """
+    from ..data.synthetic import INSTALL_HINT
+
+    exe = shutil.which(espeak)
+    if exe is None:
+        raise PrepareWeightsError(
+            f"espeak-ng not found ({espeak!r}); the Whisper check speaks its test sentence with it: {INSTALL_HINT}"
+        )
+    return exe
+
+
 def speak(text: str, espeak: str = "espeak-ng") -> np.ndarray:
     """``text`` spoken by espeak-ng (en-us), as 16 kHz mono float32 samples.
 
@@ -164,13 +180,9 @@ def speak(text: str, espeak: str = "espeak-ng") -> np.ndarray:
     import soundfile as sf
     import torchaudio.functional as AF
 
-    from ..data.synthetic import INSTALL_HINT, SAMPLE_RATE
+    from ..data.synthetic import SAMPLE_RATE
 
-    exe = shutil.which(espeak)
-    if exe is None:
-        raise PrepareWeightsError(
-            f"espeak-ng not found ({espeak!r}); the Whisper check speaks its test sentence with it: {INSTALL_HINT}"
-        )
+    exe = find_espeak(espeak)
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = Path(tmp) / "check.wav"
         cmd = [exe, "-b", "1", "-v", "en-us", "-s", "150", "-w", str(wav_path), "--stdin"]
@@ -282,14 +294,15 @@ def prepare_weights(out: str | Path, whisper_size: str = "tiny.en", espeak: str 
     if whisper_size not in WHISPER_SOURCES:
         raise ValueError(f"unknown Whisper size {whisper_size!r}; expected one of {sorted(WHISPER_SOURCES)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     pt_name = f"whisper-{whisper_size}.pt"
     times: dict[str, float] = {}
     print(f"prepare-weights: Whisper {whisper_size} and SmolLM2-135M-Instruct -> {out}", flush=True)
+    find_espeak(espeak)  # before any conversion, so a missing espeak-ng fails in a second, not after a minute
     ct2_files = _timed(
         times, "verify_whisper_sha256", lambda: [p for s in WHISPER_SOURCES[whisper_size] for p in locate(s)]
     )
     (gguf_file,) = _timed(times, "verify_llm_sha256", locate, LLM_SOURCE)
+    out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-weights.", dir=out))
     try:
         dims = _timed(times, "convert_whisper", convert_ct2_whisper, ct2_files, staging / pt_name)

@@ -119,8 +119,13 @@ def _read_variable(cur: _Cursor) -> tuple[str, Tensor]:
 
 
 def _dequantize(variables: dict[str, Tensor], source: str) -> None:
-    """Replaces int8/int16 weights by float32 ``q / scale`` (per row for int8), as CTranslate2 de-quantizes."""
-    for name in [n for n, v in variables.items() if v.dtype in (torch.int8, torch.int16) and v.dim() > 0]:
+    """Replaces int8/int16 weights by float32 ``q / scale`` (per row for int8), as CTranslate2 de-quantizes.
+
+    Only ``*weight`` variables are ever quantized (CTranslate2's rule); other integer arrays, such as string
+    attributes stored as int8 bytes, are left as they are.
+    """
+    quantized = [n for n, v in variables.items() if n.endswith("weight") and v.dtype in (torch.int8, torch.int16)]
+    for name in quantized:
         scale = variables.pop(f"{name}_scale", None)
         if scale is None:
             raise ValueError(f"{source}: quantized variable {name} has no {name}_scale")
