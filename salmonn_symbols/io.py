@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "read_json",
+    "replace_dir",
+]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -60,6 +68,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     """
     text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def replace_dir(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Moves a finished folder ``src`` onto ``dest`` (same file system) by renames.
+
+    A reader sees the old folder, briefly none, or the new one, never a half-written one. An existing ``dest`` is
+    renamed aside first and deleted only once ``src`` is in place.
+
+    Returns:
+        The destination path.
+    """
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old)
+    return dest
 
 
 def read_json(path: str | os.PathLike) -> Any:
