@@ -22,7 +22,7 @@ class MarkovBaseline:
     """Counts of every context of length 0..order in the train split of a small-alphabet corpus.
 
     Args:
-        corpus: A stream corpus (DNA); the alphabet must be small enough for ``A ** (order + 1)`` counts.
+        corpus: A corpus with a small alphabet (``A ** (order + 1)`` counts): DNA, or a toy for a check.
         order: The longest context.
     """
 
@@ -32,13 +32,15 @@ class MarkovBaseline:
             raise ValueError(f"{corpus.name}: a Markov table of order {order} over {a} symbols is too large")
         self.alphabet, self.order = a, order
         data = corpus.splits["train"].astype(np.int64)
-        starts = list(corpus.segments.get("train", np.array([0])))
-        bounds = list(zip(starts, [*starts[1:], len(data)], strict=True))
+        if data.ndim == 2:  # independent sequences: each is a segment
+            segments = list(data)
+        else:  # no context across a junction of two train regions
+            starts = list(corpus.segments.get("train", np.array([0])))
+            segments = [data[lo:hi] for lo, hi in zip(starts, [*starts[1:], len(data)], strict=True)]
         self.counts = []
         for o in range(order + 1):
             table = np.zeros(a ** (o + 1), np.float64)
-            for lo, hi in bounds:  # no context across a junction of two train regions
-                seg = data[lo:hi]
+            for seg in segments:
                 if len(seg) > o:
                     table += np.bincount(self._index(seg, o), minlength=a ** (o + 1))
             self.counts.append(table.reshape(a**o, a))
