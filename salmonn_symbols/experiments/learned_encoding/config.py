@@ -102,11 +102,11 @@ _TOY = {
     "ffn_size": 172,
     "seq_len": 32,
     "batch_size": 32,
-    "steps": 80,
+    "steps": 64,
     "lr": 1e-2,
-    "warmup_steps": 8,
-    "eval_every": 20,
-    "val_batches": 2,
+    "warmup_steps": 6,
+    "eval_every": 16,
+    "val_batches": 1,
     "test_windows": 256,
     "ae_steps": 300,
     "toy_sequences": 3000,
@@ -150,6 +150,11 @@ def check_config(cfg: LearnedEncodingConfig) -> None:
     for name in ("steps", "seq_len", "batch_size", "eval_every", "workers", "val_batches", "dna_blocks"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"learned-encoding config field {name!r}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.steps % cfg.eval_every:
+        raise ValueError(
+            f"learned-encoding config field 'eval_every': {cfg.eval_every} must divide steps ({cfg.steps}) so the "
+            "curve ends at the final step"
+        )
     if not 0 < cfg.code_val_frac + cfg.code_test_frac < 1:
         raise ValueError("learned-encoding config fields 'code_val_frac' + 'code_test_frac' must be in (0, 1)")
     if cfg.dna_blocks < 10:

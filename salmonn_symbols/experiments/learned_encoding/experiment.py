@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ...io import atomic_write_text
-from ..common import markdown_table, results_header, write_results
+from ..common import results_header, write_results
 from .config import LearnedEncodingConfig, check_config
 from .corpora import Corpus, code_corpus, dna_corpus
 from .markov import MarkovBaseline
@@ -88,12 +88,9 @@ def run(cfg: LearnedEncodingConfig, out_dir: Path) -> dict:
         "records": records,
     }
     write_results(out_dir, results)
-    atomic_write_text(out_dir / "results.md", markdown(header, rows, baselines, check_rows, cut))
-    cols = ["dataset", "variant", "arm", "ratio", "r", "test_bits", "steps_to_110", "embed_params", "n"]
-    print(markdown_table(rows, cols, digits=4))
-    print(markdown_table(check_rows, ["dataset", "variant", "check", "value", "met"]))
-    print(
-        f"{len(records)} trainings, {len(cut)} cut, {results['wall_s']:.0f}s;"
-        f" results.md, {', '.join(results['figures'])} in {out_dir}"
-    )
+    md = markdown(header, rows, baselines, check_rows, cut)
+    atomic_write_text(out_dir / "results.md", md)
+    print(md[md.index("\n## ") + 1 :])  # the tables and checks, as results.md has them
+    print(f"{len(records)} trainings, {len(cut)} cut, {results['wall_s']:.0f}s; results.json, results.md, ", end="")
+    print(f"{', '.join(results['figures'])} in {out_dir}")
     return results

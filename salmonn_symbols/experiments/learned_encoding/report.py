@@ -218,8 +218,9 @@ def figures(out_dir: Path, rows: list[dict], records: list[dict], baselines: dic
                         yerr=[p["test_bits_std"] for p in pts],
                         color=COLORS[arm],
                         ls=style,
-                        marker="o",
-                        ms=3,
+                        marker="o" if var == "untied" else "s",
+                        mfc=COLORS[arm] if var == "untied" else "white",
+                        ms=3.5,
                         capsize=2,
                         label=f"{arm} ({var})",
                     )
@@ -230,8 +231,7 @@ def figures(out_dir: Path, rows: list[dict], records: list[dict], baselines: dic
         ax.set_xticks(ratios, [str(x) for x in ratios])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    _legend(fig, axes[0])
     paths = [_save(plt, fig, out_dir / "loss_vs_ratio.png")]
     paths.append(_curves_figure(plt, out_dir, records, datasets, ratios))
     return paths
@@ -263,14 +263,23 @@ def _curves_figure(plt, out_dir: Path, records: list[dict], datasets: list[str],
                 ax.axhline(1.1 * m[-1], color="black", ls=":", lw=0.8, label="110% of final full")
         ax.set(xlabel="step", ylabel="validation loss (nats/token)", title=f"{ds} (untied)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    _legend(fig, axes[0])
     return _save(plt, fig, out_dir / "training_curves.png")
+
+
+def _legend(fig, axes) -> None:
+    """One legend for all panels (each label once), right of them."""
+    seen: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.tight_layout()
+    fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
 def _save(plt, fig, path: Path) -> Path:
     """Writes the figure as PNG atomically and closes it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150)
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())

@@ -66,6 +66,7 @@ def _init_worker(cfg_dict: dict, data_dir: str, out_dir: str, device: str, count
         torch.set_num_threads(1 if device == "cuda" else max(1, (os.cpu_count() or 1) // cfg_dict["workers"]))
         corpora = {name: Corpus.load(Path(data_dir) / f"{name}.npz") for name in cfg_dict["datasets"]}
     gpu = rank % max(1, torch.cuda.device_count()) if device == "cuda" else 0
+    torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast (the autoencoder)
     _STATE.update(cfg=LearnedEncodingConfig(**cfg_dict), corpora=corpora, device=device, gpu=gpu, out=out_dir)
 
 
