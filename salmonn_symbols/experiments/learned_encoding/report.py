@@ -152,7 +152,7 @@ def _display(row: dict) -> dict:
         "steps to 110%": steps,
         "embedding params": f"{row['embed_params_mean']:,.0f}",
         "embedding KiB": f"{row['embed_bytes_mean'] / 1024:,.1f}",
-        "code fit": fit,
+        "fixed-code fit": fit,
         "train s": f"{row['train_s_mean']:.1f}",
         "seeds": row["n"],
     }
