@@ -62,7 +62,7 @@ def test_code_split_by_file_and_bits_per_byte_denominator(tmp_path):
 def test_joint_code_beats_a_random_code_on_the_markov_toy(tmp_path):
     """At r = 2 (d = 64, 32:1) on the sparse Markov chain, every token needs its own successors: a code learned
     with the model separates them, a fixed random one must be untangled by the network."""
-    cfg = replace(QUICK, datasets=["compression"], arms=["joint", "random"], ratios=[32], seeds=[0, 1], steps=96)
+    cfg = replace(QUICK, datasets=["compression"], arms=["joint", "random"], ratios=[32], seeds=[0, 1])
     res = run(cfg, tmp_path)
     bits = {(r["arm"], r["seed"]): r["test_bits"] for r in res["records"]}
     bound = res["baselines"]["compression"]["bits"]

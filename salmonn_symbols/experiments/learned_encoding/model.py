@@ -154,8 +154,8 @@ class EncodingLM(L.LightningModule):
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         nll, y = self._nll(batch)
-        sums = torch.stack([nll.sum().double(), self.unit_len[y].sum().double(), torch.tensor(float(y.numel()))])
-        self._test_sums += sums.cpu()
+        sums = torch.stack([nll.sum(), self.unit_len[y].sum(), nll.new_tensor(float(y.numel()))])  # on the device
+        self._test_sums += sums.double().cpu()
 
     def test_result(self) -> dict[str, float]:
         """Held-out loss of the last test run: nats per token and bits per unit (byte, base or token)."""

@@ -42,7 +42,7 @@ def plan(cfg: LearnedEncodingConfig) -> list[Job]:
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" is CUDA when available."""
+    """The device to train on: "auto" is CUDA when available."""
     import torch
 
     if device == "auto":
