@@ -59,8 +59,12 @@ class TokenEncoder(nn.Module):
             self.register_buffer("table", codes.float().clone())
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.table[ids]  # (B, T, r) or (B, T, d)
-        return x if self.proj is None else x @ self.proj  # (B, T, d)
+        x = self.table[ids]  # (B, T, r) or (B, T, d), fp32
+        if self.proj is None:
+            return x
+        # fp32 like a full table's rows: under bf16 autocast the product would start a bf16 residual stream
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return x.float() @ self.proj.float()  # (B, T, d)
 
     def weight(self) -> torch.Tensor:
         """The effective (V, d) embedding table."""

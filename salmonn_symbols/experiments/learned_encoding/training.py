@@ -183,6 +183,10 @@ def train_job(
     for logger in trainer.loggers:
         logger.log_metrics({f"test_{corpus.unit}_bits": result["test_bits"]}, step=trainer.global_step)
         logger.finalize("success")
+    if cfg.wandb:  # one W&B run per training: the next WandbLogger would otherwise join this one
+        import wandb
+
+        wandb.finish()
     record = {
         "key": job.key,
         "dataset": job.dataset,
