@@ -22,10 +22,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     """Adds the benchmark's options to ``p``."""
     p.add_argument(
         "--what",
-        choices=["core", "model", "scaling"],
+        choices=["core", "model", "scaling", "planted"],
         default="core",
         help="core: quantization and discovery at full vocabulary; model: a training step of --size; "
-        "scaling: DDP throughput of --size at each count in --devices",
+        "scaling: DDP throughput of --size at each count in --devices; planted: the known-answer benchmark of "
+        "discovery (plants the right symbols in a tiny base and runs the cycle)",
     )
     p.add_argument("--devices", default="1,2", help="device counts for --what scaling, e.g. 1,2,4")
     p.add_argument("--size", default="tiny", help="model size for --what model (tiny, salmonn-7b, salmonn-13b)")
@@ -56,6 +57,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="vocabulary dtype")
     p.add_argument("--iters", type=int, default=0, help="measured iterations (0: 20 on GPU, 3 on CPU)")
     p.add_argument("--out", default=None, help="JSON result file (default: runs/bench/<what>.json)")
+    from .planted import add_planted_args
+
+    add_planted_args(p)
 
 
 def _sync(device: torch.device) -> None:
@@ -84,6 +88,10 @@ def run_bench(args: argparse.Namespace) -> dict:
         from .model_bench import run_scaling_bench
 
         return run_scaling_bench(args)
+    if args.what == "planted":
+        from .planted import run_planted_bench
+
+        return run_planted_bench(args)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()

@@ -58,6 +58,7 @@ def _synthetic_batch(
     wav = 0.1 * torch.sin(2 * math.pi * 220 * t)[None].repeat(batch, 1)
     out = dict(wav=wav, wav_lengths=torch.full((batch,), n, device=device))
     out.update({k: v.to(device) for k, v in pb([instr] * batch, targets).as_dict().items()})
+    out["target_len"] = int((out["labels"] != -100).sum(1).max())  # as the collate function gives it
     if tokens is not None:
         _fit_text(out, tokens - out["prefix_ids"].shape[1] - num_windows(1500))
     return out
@@ -68,6 +69,7 @@ def _fit_text(batch: dict, length: int) -> None:
     have = batch["text_ids"].shape[1]
     if length < int((batch["labels"][0] != -100).sum()) + 1:
         raise ValueError(f"--tokens leaves {length} text tokens, too few for the target")
+    batch["prompt_lengths"] = batch["prompt_lengths"] + (length - have)  # the cut or pad is in the prompt
     for key, fill in (("text_ids", 29), ("text_mask", 1), ("labels", -100)):
         v = batch[key]
         if have >= length:
@@ -143,13 +145,13 @@ def _bench_model(size: str, device: torch.device, dtype: torch.dtype):
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _pinned(batch: dict) -> dict:
     """The batch in (pinned, on CUDA machines) host memory, as a DataLoader with ``pin_memory`` delivers it."""
     pin = torch.cuda.is_available()
-    return {k: (v.cpu().pin_memory() if pin else v.cpu()) for k, v in batch.items()}
+    return {k: (v.cpu().pin_memory() if pin else v.cpu()) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _prepare(args: argparse.Namespace, device: torch.device):

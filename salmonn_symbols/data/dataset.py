@@ -112,9 +112,11 @@ class SpeechCollator:
         train = self.prompts([t[0] for t in texts], [t[1] for t in texts])
         prompt_only = self.prompts([t[0] for t in texts])
         batch.update(train.as_dict())
+        batch["target_len"] = int((train.labels != -100).sum(1).max())  # logits are needed at the targets only
         batch.update(
             wav=wav,
             wav_lengths=lengths,
+            max_wav_len=int(lengths.max()),  # a plain int: the model trims speech windows without a device sync
             prompt_text_ids=prompt_only.text_ids,
             prompt_text_mask=prompt_only.text_mask,
             ids=[s.id for s in samples],

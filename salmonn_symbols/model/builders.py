@@ -2,7 +2,8 @@
 
 ``SpeechLLMConfig.from_name("tiny" | "salmonn-7b" | "salmonn-13b")`` names a size; `build_speech_llm` assembles
 the model from it. A path left as None means "random init at the named architecture", so the same classes are
-built at tiny size for tests and at full size for benchmarks.
+built at tiny size for tests and at full size for benchmarks. The dataclass defaults are the "tiny" preset, so a
+config that sets a few fields (``--model.model.symbol_hidden 16``) keeps every other field of that preset.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class SpeechLLMConfig:
         qformer_layers: Q-Former layers.
         qformer_heads: Q-Former attention heads.
         qformer_intermediate: Q-Former FFN width.
+        qformer_init_std: Q-Former init (BERT's 0.02 at real sizes; larger at test sizes, where 0.02 would let the
+            query token's own embedding drown the audio).
         window: Frames per Q-Former window.
         stride: Hop between windows.
         lora_r: LoRA rank.
@@ -58,6 +61,8 @@ class SpeechLLMConfig:
         symbol_dropout: Symbol MLP dropout.
         symbol_scope: Symbol occurrences replaced: "prompt", "target" or "both".
         train_speech_path: Train the Q-Former, query, projection and LayerNorms too.
+        speech_windows: "all" speech windows of the 30 s input reach the LLM (SALMONN), or only those with
+            "audio" (faster for short clips).
         gradient_checkpointing: Non-reentrant activation checkpointing in the LLM.
     """
 
@@ -71,10 +76,11 @@ class SpeechLLMConfig:
     beats_path: str | None = None
     beats_size: str = "tiny"
     salmonn_ckpt: str | None = None
-    qformer_hidden: int = 768
+    qformer_hidden: int = 32
     qformer_layers: int = 2
-    qformer_heads: int = 12
-    qformer_intermediate: int = 3072
+    qformer_heads: int = 2
+    qformer_intermediate: int = 64
+    qformer_init_std: float = 0.3
     window: int = 17
     stride: int = 17
     lora_r: int = 8
@@ -87,6 +93,7 @@ class SpeechLLMConfig:
     symbol_dropout: float = 0.1
     symbol_scope: str = "both"
     train_speech_path: bool = False
+    speech_windows: str = "audio"
     gradient_checkpointing: bool = False
 
     @classmethod
@@ -101,8 +108,11 @@ class SpeechLLMConfig:
         return replace(self, llm_path=None, whisper_path=None, beats_path=None, salmonn_ckpt=None)
 
 
+_SALMONN_QFORMER = dict(
+    qformer_hidden=768, qformer_heads=12, qformer_intermediate=3072, qformer_init_std=0.02, speech_windows="all"
+)
 _NAMED = {
-    "tiny": SpeechLLMConfig(tokenizer_path="builtin:tiny", qformer_hidden=32, qformer_heads=2, qformer_intermediate=64),
+    "tiny": SpeechLLMConfig(),
     "salmonn-13b": SpeechLLMConfig(
         llm_path="checkpoints/lmsys/vicuna-13b-v1.1",
         llm_size="llama-13b",
@@ -112,6 +122,7 @@ _NAMED = {
         beats_path="checkpoints/beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt",
         beats_size="base",
         salmonn_ckpt="checkpoints/salmonn/salmonn_v1.pth",
+        **_SALMONN_QFORMER,
     ),
     "salmonn-7b": SpeechLLMConfig(
         llm_path="checkpoints/lmsys/vicuna-7b-v1.5",
@@ -122,6 +133,7 @@ _NAMED = {
         beats_path="checkpoints/beats/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt",
         beats_size="base",
         salmonn_ckpt="checkpoints/salmonn/salmonn_7b_v0.pth",
+        **_SALMONN_QFORMER,
     ),
 }
 
@@ -171,7 +183,14 @@ def build_speech_llm(cfg: SpeechLLMConfig, with_tokenizer: bool = True):
         )
     width = whisper.config.d_model + (beats.cfg.encoder_embed_dim if beats is not None else 0)
     qformer = WindowQFormer(
-        qformer_config(width, cfg.qformer_hidden, cfg.qformer_layers, cfg.qformer_heads, cfg.qformer_intermediate),
+        qformer_config(
+            width,
+            cfg.qformer_hidden,
+            cfg.qformer_layers,
+            cfg.qformer_heads,
+            cfg.qformer_intermediate,
+            cfg.qformer_init_std,
+        ),
         cfg.window,
         cfg.stride,
     )
@@ -199,6 +218,7 @@ def build_speech_llm(cfg: SpeechLLMConfig, with_tokenizer: bool = True):
         cfg.symbol_dropout,
         cfg.symbol_scope,
         cfg.train_speech_path,
+        cfg.speech_windows,
     )
     if cfg.salmonn_ckpt:
         report = load_salmonn_checkpoint(model, cfg.salmonn_ckpt)

@@ -35,7 +35,9 @@ __all__ = [
     "load_salmonn_checkpoint",
     "load_trainable",
     "map_salmonn_key",
+    "official_state_dict",
     "save_lora_adapter",
+    "save_salmonn_checkpoint",
     "save_trainable",
     "trainable_state_dict",
 ]
@@ -69,6 +71,42 @@ def map_salmonn_key(key: str) -> str | None:
         if pattern.match(key):
             return pattern.sub(repl, key)
     raise KeyError(key)
+
+
+# our name -> official name: the inverse of _RENAMES, for writing files that the official code (and ours) reads
+_OFFICIAL = (
+    (re.compile(r"^speech_qformer\.query_tokens$"), "speech_query_tokens"),
+    (
+        re.compile(r"^speech_qformer\.qformer\.layernorm\.(weight|bias)$"),
+        r"speech_Qformer.bert.embeddings.LayerNorm.\1",
+    ),
+    (
+        re.compile(r"^speech_qformer\.qformer\.encoder\.layer\.(\d+)\.(attention|crossattention)\.attention\.(.+)$"),
+        r"speech_Qformer.bert.encoder.layer.\1.\2.self.\3",
+    ),
+    (re.compile(r"^speech_qformer\.qformer\.encoder\.(.+)$"), r"speech_Qformer.bert.encoder.\1"),
+    (re.compile(r"^(ln_speech|ln_audio|speech_llama_proj)\.(weight|bias)$"), r"\1.\2"),
+    (re.compile(r"^llm\.(base_model\.model\..+\.lora_[AB]\.default\.weight)$"), r"llama_model.\1"),
+)
+
+
+def official_state_dict(model: SpeechLLM) -> dict[str, Tensor]:
+    """What the official ``salmonn_v1.pth`` holds, from ``model``: Q-Former, query, LayerNorms, projection and
+    LoRA, under the official names, detached on the CPU (`load_salmonn_checkpoint` reads it back exactly)."""
+    out = {}
+    for name, value in model.state_dict().items():
+        if name in _expected_keys(model):
+            pattern, repl = next(pr for pr in _OFFICIAL if pr[0].match(name))
+            out[pattern.sub(repl, name)] = value.detach().cpu().contiguous()
+    return out
+
+
+def save_salmonn_checkpoint(model: SpeechLLM, path: str | os.PathLike) -> Path:
+    """Writes `official_state_dict` in the official layout ``{"model": state_dict}``, atomically."""
+    from ..io import atomic_write
+
+    state = {"model": official_state_dict(model)}
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 @dataclass

@@ -23,8 +23,12 @@ def qformer_config(
     num_layers: int = 2,
     num_heads: int = 12,
     intermediate_size: int = 3072,
+    init_std: float = 0.02,
 ) -> Blip2QFormerConfig:
-    """The SALMONN Q-Former configuration: BERT-base width, cross-attention in every layer, eps 1e-12."""
+    """The SALMONN Q-Former configuration: BERT-base width, cross-attention in every layer, eps 1e-12.
+
+    ``init_std`` is BERT's 0.02 for real sizes; a random test size needs more for its cross-attention to carry
+    the audio past the query token's own embedding."""
     return Blip2QFormerConfig(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -37,6 +41,7 @@ def qformer_config(
         cross_attention_frequency=1,
         encoder_hidden_size=encoder_width,
         use_qformer_text_input=False,
+        initializer_range=init_std,
     )
 
 
@@ -60,7 +65,7 @@ class WindowQFormer(nn.Module):
         self.window, self.stride, self.num_query = window, stride, num_query
         self.qformer = Blip2QFormerModel(config)
         self.query_tokens = nn.Parameter(torch.zeros(1, num_query, config.hidden_size))
-        nn.init.normal_(self.query_tokens, std=0.02)
+        nn.init.normal_(self.query_tokens, std=config.initializer_range)
 
     def forward(self, fused: Tensor) -> Tensor:
         """Runs the Q-Former over every window.

@@ -22,7 +22,7 @@ from .qformer import WindowQFormer
 from .symbol_injector import SymbolInjector
 from .whisper import log_mel
 
-__all__ = ["SYMBOL_SCOPES", "SpeechLLM", "SpeechLLMOutput"]
+__all__ = ["SYMBOL_SCOPES", "SpeechLLM", "SpeechLLMOutput", "pack_candidates"]
 
 SYMBOL_SCOPES = ("prompt", "target", "both")
 
@@ -33,13 +33,17 @@ class SpeechLLMOutput:
 
     Attributes:
         loss: Mean cross-entropy over target tokens (fp32).
-        logits: Next-token logits of the text part, shape (B, L, V); ``logits[:, t]`` predicts ``text_ids[:, t]``.
+        logits: Next-token logits, shape (B, L, V): of the whole text part (``logits[:, t]`` predicts
+            ``text_ids[:, t]``), or, when the batch gives ``target_len``, of each row's target window only
+            (``logits[:, j]`` predicts the row's j-th target token).
         n_targets: Number of target tokens in the batch (a tensor, so reading it needs no host sync).
+        labels: The targets ``logits`` predict, shape (B, L), -100 where there is none.
     """
 
     loss: Tensor
     logits: Tensor
     n_targets: Tensor
+    labels: Tensor | None = None
 
 
 class SpeechLLM(nn.Module):
@@ -56,6 +60,9 @@ class SpeechLLM(nn.Module):
         symbol_scope: Which symbol occurrences are replaced: "prompt" (instruction and few-shot text),
             "target", or "both".
         train_speech_path: Whether the Q-Former, query, projection and LayerNorms train.
+        speech_windows: "all": every Q-Former window of the 30 s input reaches the LLM (SALMONN); "audio": only
+            the windows up to the end of the longest clip of the batch (``max_wav_len``), which makes short clips
+            several times cheaper for the LLM.
     """
 
     def __init__(
@@ -69,10 +76,14 @@ class SpeechLLM(nn.Module):
         symbol_dropout: float = 0.1,
         symbol_scope: str = "both",
         train_speech_path: bool = False,
+        speech_windows: str = "all",
     ):
         super().__init__()
         if symbol_scope not in SYMBOL_SCOPES:
             raise ValueError(f"symbol_scope must be one of {SYMBOL_SCOPES}, got {symbol_scope!r}")
+        if speech_windows not in ("all", "audio"):
+            raise ValueError(f"speech_windows must be 'all' or 'audio', got {speech_windows!r}")
+        self.speech_windows = speech_windows
         hidden = llm.get_input_embeddings().weight.shape[1]
         self.whisper = whisper.requires_grad_(False)
         self.beats = beats.requires_grad_(False) if beats is not None else None
@@ -144,7 +155,12 @@ class SpeechLLM(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ text
     def embed_inputs(
-        self, batch: dict[str, Tensor], speech: Tensor, symbol_mode: str, temperature: float
+        self,
+        batch: dict[str, Tensor],
+        speech: Tensor,
+        symbol_mode: str,
+        temperature: float,
+        symbol_table: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Input embeddings and attention mask of [prefix ‖ speech ‖ text].
 
@@ -152,15 +168,24 @@ class SpeechLLM(nn.Module):
             ``(embeds (B, P+88+L, H), attention_mask (B, P+88+L))``.
         """
         embed = self.llm.get_input_embeddings()
+        speech = speech[:, : self.kept_windows(batch, speech.shape[1])]  # (B, W, H)
         prefix = embed(batch["prefix_ids"])  # (B, P, H)
         text_ids = batch["text_ids"]
         text = embed(text_ids)  # (B, L, H)
         is_target = batch["labels"] != -100
         where = {"prompt": ~is_target, "target": is_target, "both": None}[self.symbol_scope]
-        text = self.symbols(text_ids, text, embed.weight, symbol_mode, temperature, where)
+        text = self.symbols(text_ids, text, embed.weight, symbol_mode, temperature, where, symbol_table)
         embeds = torch.cat([prefix, speech.to(prefix.dtype), text], dim=1)
         ones = batch["text_mask"].new_ones(prefix.shape[0], prefix.shape[1] + speech.shape[1])
         return embeds, torch.cat([ones, batch["text_mask"]], dim=1)
+
+    def kept_windows(self, batch: dict, windows: int) -> int:
+        """How many of the ``windows`` speech tokens reach the LLM (all, or with ``speech_windows="audio"`` those
+        that start before the end of the batch's longest clip, ``batch["max_wav_len"]`` samples)."""
+        if self.speech_windows == "all" or batch.get("max_wav_len") is None:
+            return windows
+        frames = -(-int(batch["max_wav_len"]) // 320)  # Whisper output frames: 160-sample hop, then stride 2
+        return max(1, min(windows, -(-frames // self.speech_qformer.stride)))
 
     def forward(
         self,
@@ -168,6 +193,7 @@ class SpeechLLM(nn.Module):
         symbol_mode: str = "soft",
         temperature: float = 0.1,
         speech: Tensor | None = None,
+        symbol_table: Tensor | None = None,
     ) -> SpeechLLMOutput:
         """Teacher-forced loss on the targets.
 
@@ -176,18 +202,21 @@ class SpeechLLM(nn.Module):
             symbol_mode: "soft", "hard" or "raw" embeddings at symbol positions.
             temperature: Soft-quantization temperature.
             speech: Precomputed speech embeddings (B, 88, H), e.g. from a cache; computed when None.
+            symbol_table: Embeddings (U, D) to put at the symbol positions instead of ``symbol_mode``'s (see
+                `SymbolInjector.forward`).
         """
         if speech is None:
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
-        embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature)
+        embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature, symbol_table)
         base = self.llm.get_base_model()
         hidden = _decode(base.get_decoder(), embeds)  # (B, T, H)
-        # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L.
+        # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L, and on the target
+        # window only when the batch says how long it is (the prompt's positions need no logits).
         L = batch["text_ids"].shape[1]
-        logits = base.get_output_embeddings()(hidden[:, -L - 1 : -1])  # (B, L, V)
-        labels = batch["labels"]
+        hidden, labels = _target_window(hidden[:, -L - 1 : -1], batch)  # (B, W, H), (B, W)
+        logits = base.get_output_embeddings()(hidden)  # (B, W, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return SpeechLLMOutput(loss, logits, (labels != -100).sum())
+        return SpeechLLMOutput(loss, logits, (labels != -100).sum(), labels)
 
     # ---------------------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -214,10 +243,10 @@ class SpeechLLM(nn.Module):
         if speech is None:
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
         B, C = batch["text_ids"].shape[0], len(candidates)
-        rep = _pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
+        rep = pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
         out = self.forward(rep, symbol_mode, temperature, speech.repeat_interleave(C, dim=0))
-        logp = out.logits.float().log_softmax(-1)  # (B·C, L, V)
-        labels = rep["labels"]
+        logp = out.logits.float().log_softmax(-1)  # (B·C, W, V)
+        labels = out.labels
         tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)  # (B·C, L)
         return tok.sum(-1).view(B, C)
 
@@ -296,6 +325,23 @@ def _decode(decoder: nn.Module, embeds: Tensor) -> Tensor:
     return decoder.norm(hidden)  # (B, T, H)
 
 
+def _target_window(text_hidden: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+    """The hidden states and labels of each row's target tokens, (B, W, H) and (B, W), W = ``target_len``.
+
+    Targets follow each row's prompt (``prompt_lengths``), so a gather with per-row offsets finds them without
+    a host sync. Without ``target_len`` every text position is kept.
+    """
+    W, labels = batch.get("target_len"), batch["labels"]
+    if not W or "prompt_lengths" not in batch:
+        return text_hidden, labels
+    L = labels.shape[1]
+    pos = batch["prompt_lengths"][:, None] + torch.arange(W, device=labels.device)[None]  # (B, W)
+    inside = pos < L
+    pos = pos.clamp_max(L - 1)
+    hidden = text_hidden.gather(1, pos[..., None].expand(-1, -1, text_hidden.shape[-1]))  # (B, W, H)
+    return hidden, torch.where(inside, labels.gather(1, pos), -100)
+
+
 def _fit_length(x: Tensor, length: int) -> Tensor:
     """Right-pads with zeros or truncates (B, N, D) to (B, length, D)."""
     if x.shape[1] >= length:
@@ -311,7 +357,7 @@ def _left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return embeds.gather(1, idx[..., None].expand_as(embeds)), mask.gather(1, idx)
 
 
-def _pack_candidates(batch: dict[str, Tensor], candidates: list[list[int]]) -> dict[str, Tensor]:
+def pack_candidates(batch: dict[str, Tensor], candidates: list[list[int]]) -> dict[str, Tensor]:
     """B·C rows: each prompt followed by each candidate, right-padded; labels mark the candidate tokens."""
     text, tmask = batch["text_ids"], batch["text_mask"]
     B, C = text.shape[0], len(candidates)
@@ -329,4 +375,7 @@ def _pack_candidates(batch: dict[str, Tensor], candidates: list[list[int]]) -> d
     ids = torch.where(in_cand, cand_rows.gather(1, rel), base)
     mask = torch.where(in_cand, 1, F.pad(tmask.repeat_interleave(C, 0), (0, cand.shape[1])))
     labels = torch.where(in_cand, ids, -100)
-    return dict(prefix_ids=batch["prefix_ids"].repeat_interleave(C, 0), text_ids=ids, text_mask=mask, labels=labels)
+    out = dict(prefix_ids=batch["prefix_ids"].repeat_interleave(C, 0), text_ids=ids, text_mask=mask, labels=labels)
+    # every candidate starts right after its row's prompt: the logits are needed there only
+    out |= {"prompt_lengths": lengths.repeat_interleave(C), "target_len": cand.shape[1]}
+    return out | ({"max_wav_len": batch["max_wav_len"]} if "max_wav_len" in batch else {})

@@ -37,6 +37,7 @@ class SymbolInjector(nn.Module):
         super().__init__()
         self.mlp = SymbolMLP(embed_dim, hidden_dim, scale, dropout)
         self._lengths: list[int] = []
+        self._rows: dict[tuple[int, int], int] = {}
         self._codebook: Codebook | None = None
         self.register_buffer("token_ids", torch.zeros(0, dtype=torch.long), persistent=False)  # (U,)
         self.register_buffer("first_in_word", torch.zeros(0, dtype=torch.bool), persistent=False)  # (U,)
@@ -60,6 +61,7 @@ class SymbolInjector(nn.Module):
         keys = list(rows)
         self.token_ids = torch.tensor([t for t, _ in keys], dtype=torch.long, device=device)
         self.first_in_word = torch.tensor([p == 0 for _, p in keys], dtype=torch.bool, device=device)
+        self._rows = rows
         self._lengths = sorted({len(s) for s in spans})
         for n in self._lengths:
             group = [s for s in spans if len(s) == n]
@@ -67,6 +69,10 @@ class SymbolInjector(nn.Module):
             row_t = torch.tensor([[rows[(int(t), p)] for p, t in enumerate(s)] for s in group], device=device)
             self.register_buffer(f"spans_{n}", span_t, persistent=False)
             self.register_buffer(f"rows_{n}", row_t, persistent=False)  # (K_n, n)
+
+    def row_of(self, token_id: int, position: int) -> int:
+        """The replacement row of ``token_id`` at ``position`` of its word (KeyError if no symbol has it)."""
+        return self._rows[(int(token_id), int(position))]
 
     def set_candidate_masks(self, masks: CandidateMasks) -> None:
         """Sets which vocabulary entries the quantizers may use (see `build_candidate_masks`)."""
@@ -147,6 +153,7 @@ class SymbolInjector(nn.Module):
         mode: str = "soft",
         temperature: float = 0.1,
         where: Tensor | None = None,
+        table: Tensor | None = None,
     ) -> Tensor:
         """Replaces the embeddings at symbol positions.
 
@@ -157,14 +164,18 @@ class SymbolInjector(nn.Module):
             mode: See `replacements`; "raw" returns ``embeds`` unchanged.
             temperature: Soft-quantization temperature.
             where: Optional bool mask (B, L) limiting which positions may be replaced (prompt, targets, ...).
+            table: Replacement rows (U, D) to use instead of ``mode``'s, e.g. the raw rows as a leaf tensor whose
+                gradient gives the first-order change of the loss per symbol token (discovery's proposals).
 
         Returns:
             Embeddings, shape (B, L, D), dtype of ``embeds``.
         """
-        if mode == "raw" or not self._lengths:
+        if (mode == "raw" and table is None) or not self._lengths:
             return embeds
         rows = self.locate(ids)  # (B, L)
         if where is not None:
             rows = torch.where(where, rows, -1)
-        table = self.replacements(embedding_weight, mode, temperature).to(embeds.dtype)  # (U, D)
+        if table is None:
+            table = self.replacements(embedding_weight, mode, temperature)
+        table = table.to(embeds.dtype)  # (U, D)
         return torch.where((rows >= 0)[..., None], table[rows.clamp_min(0)], embeds)

@@ -36,6 +36,7 @@ __all__ = [
     "build_whisper_encoder",
     "load_whisper_encoder",
     "log_mel",
+    "save_whisper_encoder",
     "whisper_encoder_config",
 ]
 
@@ -92,9 +93,11 @@ def log_mel(wav: Tensor, n_mels: int = 80, lengths: Tensor | None = None) -> Ten
 # ----------------------------------------------------------------------------------------------------------------
 
 # Encoder geometry of the named sizes. "tiny" is a random-init test size (not openai's 39M "tiny"): it keeps the
-# real 80 mel bins and 1500 positions so that 30 s of audio still gives 1500 frames.
-_SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64),
+# real 80 mel bins and 1500 positions so that 30 s of audio still gives 1500 frames. Its init is larger than
+# Whisper's 0.02: at width 32 that would make the convolutions' output ~30x smaller than the positional table, so
+# every clip would give nearly the same features and nothing could be learned from the audio in a CPU demo.
+_SIZES: dict[str, dict[str, float]] = {
+    "tiny": dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, init_std=0.5),
     "large-v2": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120),
 }
 
@@ -376,3 +379,21 @@ def _read_openai_file(file: Path) -> _Checkpoint:
         log.info("Whisper encoder from %s: dropped %d decoder.* tensors and %s", file, n_dec, others or "nothing else")
         log.debug("dropped keys: %s", leftovers)
     return _Checkpoint(config, state, file, names={h: o for o, h in key_map.items()}, unknown=unknown)
+
+
+def save_whisper_encoder(encoder: WhisperEncoder, folder: str | os.PathLike) -> Path:
+    """Writes ``encoder`` as a Hugging Face Whisper folder (``config.json`` and ``model.safetensors`` with
+    ``encoder.*`` tensors) that `load_whisper_encoder` reads back exactly; the folder is replaced atomically."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ..io import replace_dir
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    encoder.config.save_pretrained(tmp)
+    state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    return replace_dir(tmp, folder)

@@ -6,11 +6,6 @@ the per-cycle JSON files.
 
 from .book import HistoryEntry, SymbolBook, UnknownLabelError
 from .discovery import (
-    Candidate,
-    DiscoveryConfig,
-    SymbolChange,
-    TokenDiscovery,
-    confidence_band,
     discover_symbols,
     final_mapping,
     load_override,
@@ -30,6 +25,7 @@ from .quantize import (
     topk_candidates,
     vocab_cosine,
 )
+from .records import Candidate, DiscoveryConfig, SymbolChange, TokenDiscovery, confidence_band
 from .report import (
     discovery_paths,
     evolution_table,
@@ -42,10 +38,13 @@ from .report import (
     validate_report,
     write_discovery,
 )
+from .search import PROPOSAL_SOURCES, Scorer
 from .tokenization import DEFAULT_CONTEXTS, SymbolTokenizer
 
 __all__ = [
     "DEFAULT_CONTEXTS",
+    "PROPOSAL_SOURCES",
+    "Scorer",
     "Candidate",
     "CandidateMasks",
     "Codebook",

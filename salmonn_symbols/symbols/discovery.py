@@ -1,12 +1,14 @@
-"""Discovery: hard-quantize every symbol token and turn the result into the next cycle's symbols.
+"""Discovery: turn the trained symbol MLP (and, given a scorer, the task loss) into the next cycle's symbols.
 
     symbol tokens ─► MLP ─► cos(·, V) over candidates ─► top-k per token (threshold 0.3, else keep the token)
-        ─► per label: candidate words from the top-k beams, best mean similarity first
-              ├ decode → encode round trip must give the same ids
-              ├ not a label word; stability: a position may not flip too often
-              └ optional re-scoring by the real task loss
+    with a `Scorer` (the default in training): verified search (`search.py`)
+        MLP neighbours + loss-gradient + likelihood proposals ─► coordinate search on held-out samples
+        ─► confirmed on other samples: a symbol changes only if Δloss < −min_z · se ─► token-level one-to-one
+    without one: the seed's hard argmax
+        per label: candidate words from the top-k beams, best mean similarity first
         ─► one-to-one assignment across labels (collision → next-best candidate; none left → keep symbol)
-        ─► manual override ─► cycle_N_tokens.json + cycle_N_symbols.json
+    both: decode → encode round trip, never a label word, stability (a position may not flip too often),
+        manual override ─► cycle_N_tokens.json + cycle_N_symbols.json
 
 All of it runs on plain tensors and a tokenizer; nothing here needs SALMONN or a Trainer.
 """
@@ -14,10 +16,8 @@ All of it runs on plain tensors and a tokenizer; nothing here needs SALMONN or a
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +25,10 @@ from torch import Tensor
 from ..io import read_json
 from .book import SymbolBook
 from .quantize import CandidateMasks, Codebook, vocab_cosine
+from .records import Candidate, DiscoveryConfig, SymbolChange, TokenDiscovery, confidence_band
+from .search import Scorer, count_flips
 from .tokenization import SymbolTokenizer
+from .verified import verified_changes
 
 __all__ = [
     "Candidate",
@@ -40,85 +43,6 @@ __all__ = [
     "symbol_token_table",
     "transform_symbol_tokens",
 ]
-
-# Re-scoring hook: (label, candidate symbols) -> task loss of each candidate; lower is better.
-RescoreFn = Callable[[str, Sequence[str]], Sequence[float]]
-
-
-@dataclass
-class DiscoveryConfig:
-    """Discovery thresholds and search sizes.
-
-    Attributes:
-        threshold: Minimum cosine for a token to change; below it the token keeps its previous value.
-        medium_at: Lower bound of the "medium" confidence band.
-        high_at: Lower bound (exclusive) of the "high" confidence band.
-        top_k: Candidate tokens kept per symbol token.
-        max_candidates: Candidate words kept per label.
-        stability_window: Number of most recent cycle-to-cycle transitions the stability check looks at.
-        max_flips: A token position may change at most this often within the window.
-        rescore_top: Candidates per label handed to the re-scoring function, if one is given.
-    """
-
-    threshold: float = 0.3
-    medium_at: float = 0.5
-    high_at: float = 0.8
-    top_k: int = 10
-    max_candidates: int = 50
-    stability_window: int = 3
-    max_flips: int = 2
-    rescore_top: int = 5
-
-
-def confidence_band(similarity: float, cfg: DiscoveryConfig) -> str:
-    """ "none" below the threshold, then "low", "medium" (up to ``high_at`` inclusive) and "high"."""
-    if similarity < cfg.threshold:
-        return "none"
-    if similarity < cfg.medium_at:
-        return "low"
-    return "medium" if similarity <= cfg.high_at else "high"
-
-
-@dataclass
-class Candidate:
-    """A candidate word for one label."""
-
-    symbol: str
-    token_ids: tuple[int, ...]
-    score: float  # mean cosine of the label's transformed tokens to these ids
-    loss: float | None = None
-
-
-@dataclass
-class TokenDiscovery:
-    """The outcome for one symbol token (one entry of ``cycle_N_tokens.json``)."""
-
-    label: str
-    position: int
-    original_token_id: int
-    original_text: str
-    discovered_token_id: int
-    discovered_text: str
-    similarity: float
-    margin: float | None
-    confidence: str
-    top_k: list[dict[str, Any]]
-
-
-@dataclass
-class SymbolChange:
-    """The outcome for one label (one entry of ``symbol_changes`` in ``cycle_N_symbols.json``)."""
-
-    original_label: str
-    current_symbol: str
-    discovered_symbol: str
-    change_type: str  # CHANGED | UNCHANGED | KEPT | OVERRIDDEN
-    token_mapping: dict[str, int]
-    similarity: float
-    margin: float | None
-    confidence: str
-    reason: str
-    candidates: list[Candidate] = field(default_factory=list)
 
 
 def symbol_token_table(book: SymbolBook, tokenizer: SymbolTokenizer) -> list[tuple[str, int, int]]:
@@ -171,7 +95,7 @@ def discover_symbols(
     cfg: DiscoveryConfig | None = None,
     *,
     override: Mapping[str, str] | None = None,
-    rescore: RescoreFn | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[list[TokenDiscovery], list[SymbolChange]]:
     """Maps every symbol token to a vocabulary token and every label to its next symbol.
 
@@ -184,7 +108,8 @@ def discover_symbols(
         masks: Candidate masks for word-initial and continuation positions.
         cfg: Thresholds and sizes.
         override: label -> symbol replacing discovery for those labels (see `load_override`).
-        rescore: Optional task-loss re-scoring of each label's best candidates.
+        scorer: Task losses and proposals on held-out data; with one, the verified search decides (see
+            `search.py`), without one the MLP's hard argmax does.
 
     Returns:
         Token-level and symbol-level outcomes. ``{c.original_label: c.discovered_symbol}`` is the new mapping.
@@ -199,6 +124,12 @@ def discover_symbols(
     top_sims, top_ids = cos_all.masked_fill(~cand_mask, float("-inf")).topk(cfg.top_k, dim=-1)  # (N, k)
     cos_all, top_sims, top_ids = cos_all.cpu(), top_sims.cpu().tolist(), top_ids.cpu().tolist()
 
+    if scorer is not None:
+        masks = masks.to("cpu")
+        changes, extras = verified_changes(
+            book, tokenizer, table, top_sims, top_ids, cos_all, masks, cfg, scorer, dict(override or {})
+        )
+        return _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cfg, extras), changes
     rows: dict[str, list[int]] = {}
     for row, (lab, _, _) in enumerate(table):
         rows.setdefault(lab, []).append(row)
@@ -208,9 +139,6 @@ def discover_symbols(
         candidates[lab], reasons[lab] = _label_candidates(
             lab, rows[lab], table, top_sims, top_ids, cos_all, book, tokenizer, cfg
         )
-        if rescore is not None:
-            _rescore(lab, candidates[lab], rescore, cfg.rescore_top)
-
     chosen = _assign(book, candidates, dict(override or {}))
     changes = [
         _symbol_change(lab, chosen[lab], candidates[lab], reasons[lab], book, override or {}) for lab in book.labels
@@ -244,7 +172,7 @@ def _label_candidates(lab, rows, table, top_sims, top_ids, cos_all, book, tokeni
                 else "label_word"
                 if word.casefold() in label_words
                 else "unstable"
-                if _flips(history + [ids], cfg.stability_window) > cfg.max_flips
+                if count_flips(history + [ids], cfg.stability_window) > cfg.max_flips
                 else ""
             )
             if why:
@@ -271,27 +199,6 @@ def _beam(options: list[list[tuple[int, float]]], width: int) -> list[tuple[floa
         )
     n = max(1, len(options))
     return [(s / n, ids) for s, ids in beams]
-
-
-def _flips(sequence: list[tuple[int, ...]], window: int) -> int:
-    """Largest number of changes at any one token position over the last ``window`` transitions."""
-    recent = sequence[-(window + 1) :]
-    width = max(len(s) for s in recent)
-    return max(
-        sum(1 for a, b in zip(recent, recent[1:], strict=False) if (a[p : p + 1] != b[p : p + 1])) for p in range(width)
-    )
-
-
-def _rescore(lab: str, cands: list[Candidate], rescore: RescoreFn, top: int) -> None:
-    head = cands[:top]
-    if not head:
-        return
-    losses = list(rescore(lab, [c.symbol for c in head]))
-    if len(losses) != len(head):
-        raise ValueError(f"rescore returned {len(losses)} losses for {len(head)} candidates of label {lab!r}")
-    for c, loss in zip(head, losses, strict=True):
-        c.loss = float(loss)
-    cands[: len(head)] = sorted(head, key=lambda c: (c.loss, -c.score))
 
 
 def _assign(book: SymbolBook, candidates: dict[str, list[Candidate]], override: dict[str, str]) -> dict:
@@ -330,7 +237,7 @@ def _symbol_change(lab, pick, cands, reason, book, override) -> SymbolChange:
     return SymbolChange(lab, current, sym, kind, {}, 0.0, margin, "none", why, cands)
 
 
-def _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cfg) -> list[TokenDiscovery]:
+def _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cfg, extras=None) -> list[TokenDiscovery]:
     by_label = {c.original_label: c for c in changes}
     new_ids = {c.original_label: tokenizer.word_ids(c.discovered_symbol) for c in changes}
     out = []
@@ -356,6 +263,8 @@ def _token_discoveries(table, changes, top_sims, top_ids, cos_all, tokenizer, cf
                     for i, s in zip(top_ids[row], top_sims[row], strict=True)
                     if s != float("-inf")
                 ],
+                search_top=(extras or {}).get(row, ([], []))[0],
+                proposed_by=(extras or {}).get(row, ([], []))[1],
             )
         )
     for change in changes:
@@ -374,7 +283,7 @@ def run_discovery(
     cfg: DiscoveryConfig | None = None,
     *,
     override: Mapping[str, str] | None = None,
-    rescore: RescoreFn | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[list[TokenDiscovery], list[SymbolChange]]:
     """Transforms the current symbol tokens with ``mlp`` (eval mode, fp32) and runs `discover_symbols`.
 
@@ -386,12 +295,12 @@ def run_discovery(
         masks: Candidate masks.
         cfg: Thresholds and sizes.
         override: Manual label -> symbol overrides.
-        rescore: Optional task-loss re-scoring.
+        scorer: Task losses and proposals for the verified search (see `discover_symbols`).
     """
     table = symbol_token_table(book, tokenizer)
     transformed = transform_symbol_tokens(mlp, embedding_weight, [tid for _, _, tid in table])  # (N, D)
     return discover_symbols(
-        book, tokenizer, transformed, Codebook(embedding_weight), masks, cfg, override=override, rescore=rescore
+        book, tokenizer, transformed, Codebook(embedding_weight), masks, cfg, override=override, scorer=scorer
     )
 
 

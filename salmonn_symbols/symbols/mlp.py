@@ -1,9 +1,12 @@
 """Position-wise residual MLP that moves symbol embeddings.
 
-    e (..., D) ──► Linear(D→h) ─► LayerNorm(h) ─► GELU ─► Dropout ─► Linear(h→D) ──► δ
-    transformed = normalize(e + scale · δ)                       (unit norm, fp32)
+    e (..., D) ─► ê = e / ‖e‖ ──► Linear(D→h) ─► LayerNorm(h) ─► GELU ─► Dropout ─► Linear(h→D) ──► δ
+    transformed = normalize(ê + scale · δ)                       (unit norm, fp32)
 
-The output is a direction in embedding space; the quantizers turn it into a vocabulary embedding.
+The output is a direction in embedding space; the quantizers turn it into a vocabulary embedding. The seed
+writes ``normalize(e + scale · mlp(e))``; the residual is added to the unit direction instead, so ``scale``
+means the same whatever the norm of a model's embeddings (a row of norm 0.2 would otherwise move 5× as far
+as a row of norm 1 for the same δ, and a row of norm 5 would barely move at all).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ __all__ = ["SymbolMLP"]
 
 
 class SymbolMLP(nn.Module):
-    """The symbol MLP of the seed: ``normalize(e + scale * mlp(e))``, applied to each position on its own.
+    """The symbol MLP of the seed: ``normalize(ê + scale * mlp(ê))`` with ê the unit direction of each embedding,
+    applied to each position on its own.
 
     Args:
         embed_dim: Width D of the LLM's token embeddings.
@@ -37,6 +41,7 @@ class SymbolMLP(nn.Module):
     ):
         super().__init__()
         self.embed_dim, self.hidden_dim, self.scale = embed_dim, hidden_dim, scale
+        self.zero_init_output = zero_init_output
         self.net = nn.Sequential(
             nn.Linear(embed_dim, hidden_dim),
             nn.LayerNorm(hidden_dim),
@@ -44,9 +49,25 @@ class SymbolMLP(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, embed_dim),
         )
-        if zero_init_output:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Fresh weights (the identity map when ``zero_init_output``), drawn from ``generator`` when given, so
+        every rank re-draws the same ones; called again after every discovery, so the next cycle's MLP starts
+        from the newly discovered tokens instead of applying the old move to them."""
+        lin1, norm, _, _, lin2 = self.net
+        with torch.no_grad():
+            bound = 1.0 / self.embed_dim**0.5  # nn.Linear's default range
+            lin1.weight.copy_(torch.empty_like(lin1.weight).uniform_(-bound, bound, generator=generator))
+            lin1.bias.copy_(torch.empty_like(lin1.bias).uniform_(-bound, bound, generator=generator))
+            norm.reset_parameters()
+            if self.zero_init_output:
+                lin2.weight.zero_()
+                lin2.bias.zero_()
+            else:
+                b2 = 1.0 / self.hidden_dim**0.5
+                lin2.weight.copy_(torch.empty_like(lin2.weight).uniform_(-b2, b2, generator=generator))
+                lin2.bias.copy_(torch.empty_like(lin2.bias).uniform_(-b2, b2, generator=generator))
 
     def forward(self, e: Tensor) -> Tensor:
         """Transforms embeddings.
@@ -60,7 +81,7 @@ class SymbolMLP(nn.Module):
         # fp32 whatever the surrounding autocast or parameter dtype: the output feeds a cosine over the whole
         # vocabulary, where bf16 rounding is enough to change the argmax between ranks.
         with torch.autocast(device_type=e.device.type, enabled=False):
-            x = e.float()
+            x = F.normalize(e.float(), dim=-1)  # (..., D) unit directions
             lin1, norm, _, drop, lin2 = self.net
             h = F.linear(x, lin1.weight.float(), lin1.bias.float())  # (..., h)
             h = F.layer_norm(h, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, read_json
-from .discovery import SymbolChange, TokenDiscovery
+from .records import SymbolChange, TokenDiscovery
 
 __all__ = [
     "discovery_paths",
@@ -60,6 +60,8 @@ def tokens_report(tokens: Sequence[TokenDiscovery], cycle: int, timestamp: str |
                     "margin",
                     "confidence",
                     "top_k",
+                    "search_top",
+                    "proposed_by",
                 )
             }
         )
@@ -89,6 +91,9 @@ def symbols_report(
                 "margin": c.margin,
                 "confidence": c.confidence,
                 "reason": c.reason,
+                "delta": c.delta,
+                "se": c.se if c.se is None or c.se != float("inf") else None,
+                "current_loss": c.current_loss,
                 "candidates": [
                     {"symbol": k.symbol, "token_ids": list(k.token_ids), "score": k.score, "loss": k.loss}
                     for k in c.candidates[:max_candidates]

@@ -1,5 +1,6 @@
 """Everything around the research loop, as Lightning callbacks (`SymbolLitModule.configure_callbacks`).
 
+    CycleMetrics     train/cycle, train/phase, train/temperature, train/skipped at every step (and the progress bar)
     NonFiniteCheck   reports the first skipped non-finite step: every logging interval, epoch end, checkpoint
     PhaseIntegrity   frozen group bitwise unchanged each epoch, identical weights on every rank (phase_checks.jsonl)
     SkippedSamples   samples skipped with on_bad_sample: skip, from every rank, once each (skipped.jsonl)
@@ -25,6 +26,7 @@ from ..io import atomic_write_json, atomic_write_text
 from .cycle import DiscoveryRecord
 
 __all__ = [
+    "CycleMetrics",
     "DiscoveryTables",
     "FinalExport",
     "NonFiniteCheck",
@@ -58,6 +60,23 @@ def notify_discovery(trainer, pl_module, record: DiscoveryRecord) -> None:
     for cb in trainer.callbacks:
         if hasattr(cb, "on_discovery"):
             cb.on_discovery(trainer, pl_module, record)
+
+
+class CycleMetrics(L.Callback):
+    """Where each step sits in the schedule, on the same step axis as ``train/loss``."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if "wav" not in batch:
+            return
+        info, bs = pl_module.phase(), batch["wav"].shape[0]
+        mlp = float(info.phase == "mlp")
+        pl_module.log_dict({"cycle": float(info.cycle), "mlp_phase": mlp}, prog_bar=True, logger=False, batch_size=bs)
+        metrics = {
+            "train/cycle": float(info.cycle),
+            "train/phase": mlp,
+            "train/temperature": pl_module.train_temperature,
+        }
+        pl_module.log_dict(metrics | {"train/skipped": float(len(batch["skipped"]))}, batch_size=bs)
 
 
 class NonFiniteCheck(L.Callback):
@@ -97,7 +116,9 @@ class PhaseIntegrity(L.Callback):
 
     @staticmethod
     def _digests(pl_module) -> dict[str, str]:
-        return {"lora": digest(pl_module.model.lora_parameters()), "mlp": digest(pl_module.model.symbol_parameters())}
+        from .step import group_parameters
+
+        return {g: digest(group_parameters(pl_module.model, g)) for g in ("lora", "mlp")}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = self._digests(pl_module)

@@ -44,6 +44,7 @@ def _subset(batch: dict[str, Any], rows: list[int], original: bool) -> dict[str,
         "text_ids": batch[f"{key}_ids"][idx],
         "text_mask": batch[f"{key}_mask"][idx],
         "labels": torch.full_like(batch[f"{key}_ids"][idx], -100),
+        "max_wav_len": batch.get("max_wav_len"),
     }
 
 
@@ -138,9 +139,11 @@ class Evaluator:
                 rows = [r for r, x in enumerate(batch["datasets"]) if x == d]
                 self.accs[mode].update(d, [preds[r] for r in rows], [batch["gold"][r] for r in rows])
 
-    def compute(self, stage: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    def compute(
+        self, stage: str, prefixes: dict[str, str] | None = None
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """Metrics gathered over every rank: ``({"val/acc/ds": v, "val_hard/f1/mean": v, ...}, {mode: values})``;
-        identical on every rank, so they need no further reduction."""
+        identical on every rank, so they need no further reduction. ``prefixes`` renames a mode's metrics."""
         metrics: dict[str, float] = {}
         by_mode: dict[str, dict[str, float]] = {}
         for mode, acc in self.accs.items():
@@ -148,7 +151,7 @@ class Evaluator:
             if not any(acc.state_dict()["golds"].values()):
                 continue
             values = by_mode[mode] = acc.compute()
-            prefix = stage if mode == "soft" else f"{stage}_{mode}"
+            prefix = (prefixes or {}).get(mode) or (stage if mode == "soft" else f"{stage}_{mode}")
             for key, v in values.items():  # "ds/acc" -> "val/acc/ds"
                 ds, metric = key.split("/", 1)
                 metrics[f"{prefix}/{metric}/{ds}"] = v

@@ -5,12 +5,12 @@
        training_step: one PhaseStep; only the active group's optimizer steps
           LoRA phase: symbols through the frozen MLP (soft by default)
           MLP phase:  symbols through MLP + soft quantization (annealed T)
-       validation: accuracy / macro-F1 per dataset, soft · hard · original labels
-       epoch end: rollback check (cycle ≥ 2) · discovery after a cycle's last MLP epoch · phase-end checkpoint
+       validation: accuracy / macro-F1 per dataset, soft (at the training temperature) · hard · original labels
+       epoch end: rollback check · discovery after a cycle's last MLP epoch, the MLP back to the identity, and a
+                  validation of the discovered mapping (val_discovered/...) · phase-end checkpoint
 
-Both trainable groups keep ``requires_grad=True`` for the whole run, so DDP registers them once and all-reduces
-both; freezing is done by not stepping, which leaves the frozen group bitwise unchanged. The cycle's symbol
-logic lives in `SymbolCycle`, the checkpoint contents in `resume`, everything else in `callbacks`.
+Both trainable groups keep ``requires_grad=True`` for the whole run (DDP registers them once); freezing is done by
+not stepping. The symbols live in `SymbolCycle`, checkpoint contents in `resume`, everything else in `callbacks`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,22 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..model.builders import SpeechLLMConfig, build_speech_llm
 from ..symbols import DiscoveryConfig, SymbolTokenizer, TemperatureSchedule, build_candidate_masks
-from .callbacks import DiscoveryTables, FinalExport, NonFiniteCheck, PhaseIntegrity, SkippedSamples, notify_discovery
+from .callbacks import (
+    CycleMetrics,
+    DiscoveryTables,
+    FinalExport,
+    NonFiniteCheck,
+    PhaseIntegrity,
+    SkippedSamples,
+    notify_discovery,
+)
 from .compile import compile_blocks
 from .cycle import SymbolCycle
 from .evaluation import EVAL_MODES, Evaluator, check_modes
 from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
 from .resume import load_training_state, save_training_state, set_rng_state
 from .schedule import CycleSchedule, PhaseInfo
+from .speech_cache import RunSpeechCache
 from .step import NonFiniteGuard, PhaseStep, phase_optimizers
 
 __all__ = ["SymbolLitModule"]
@@ -55,12 +64,19 @@ class SymbolLitModule(L.LightningModule):
             "hard" (frozen MLP + argmax) or "raw" (the symbols' own embeddings).
         temperature: Soft-quantization temperature over each MLP phase.
         symbol_seed: Seed of the random symbols of cycle 0.
+        initial_symbols: Symbols of cycle 0: "random" (2-token words), "original" (the label words themselves,
+            the reference arm) or a JSON file of label -> symbol.
         symbol_tokens: Tokens per random symbol.
         discovery: Thresholds and sizes of discovery.
         rescore: Re-score the top-k candidates by task loss on validation data before choosing.
         rescore_samples: Validation samples per label for re-scoring.
-        rollback_margin: Restore the previous mapping if the soft validation accuracy of a cycle drops by more
-            than this (absolute) below the best so far; negative disables.
+        rescore_lora: LoRA weights discovery scores with: "initial" (the run's starting LoRA) or "current".
+        rollback_margin: Restore the best mapping so far if the soft validation accuracy of an adapted discovered
+            mapping drops by more than this (absolute) below the best; negative disables.
+        reset_mlp: Start the symbol MLP again from the identity after each discovery (and its optimizer state), so
+            the next cycle moves the new tokens instead of applying the old move to them.
+        validate_discovered: Validate each discovered mapping right after its discovery (hard symbols), logged
+            as ``val_discovered/...``.
         override_file: JSON of label -> symbol applied at every discovery.
         eval_modes: Validation conditions among "soft", "hard", "original".
         verify_groups: After every epoch, check that the frozen group is bitwise unchanged and that all ranks
@@ -86,11 +102,15 @@ class SymbolLitModule(L.LightningModule):
         lora_phase_symbols: str = "soft",
         temperature: TemperatureSchedule | None = None,
         symbol_seed: int = 0,
+        initial_symbols: str = "random",
         symbol_tokens: int = 2,
         discovery: DiscoveryConfig | None = None,
         rescore: bool = True,
         rescore_samples: int = 32,
+        rescore_lora: str = "initial",
         rollback_margin: float = 0.1,
+        reset_mlp: bool = True,
+        validate_discovered: bool = True,
         override_file: str | None = None,
         eval_modes: list[str] | None = None,
         verify_groups: bool = True,
@@ -106,12 +126,10 @@ class SymbolLitModule(L.LightningModule):
         self.eval_modes = check_modes(eval_modes or list(EVAL_MODES), lora_phase_symbols)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.cycle = SymbolCycle(
-            discovery or DiscoveryConfig(), rescore, rescore_samples, rollback_margin, override_file
-        )
+        disc = discovery or DiscoveryConfig()
+        self.cycle = SymbolCycle(disc, rescore, rescore_samples, rollback_margin, override_file, rescore_lora)
         self.guard = NonFiniteGuard()
-        self.model = None
-        self.tokenizer = None
+        self.model, self.tokenizer = None, None
         self.symtok: SymbolTokenizer | None = None
         self.wandb_id: str | None = None
         self.last_eval: dict[str, dict[str, float]] = {}  # mode -> metrics of the latest evaluation
@@ -119,6 +137,7 @@ class SymbolLitModule(L.LightningModule):
         self._cache = None
         self._step: PhaseStep | None = None
         self._resume_rng = None
+        self.train_temperature = self.temperature(1.0)  # the last training step's; soft validation uses it
 
     # ------------------------------------------------------------------------------------------- building
     def configure_model(self) -> None:
@@ -142,11 +161,14 @@ class SymbolLitModule(L.LightningModule):
         self.configure_model()
         dm = self.trainer.datamodule
         h = self.hparams
-        book = self.cycle.start(dm.labels, self.symtok, h.symbol_seed, h.symbol_tokens, self._broadcast)
+        book = self.cycle.start(
+            dm.labels, self.symtok, h.symbol_seed, h.symbol_tokens, self._broadcast, h.initial_symbols
+        )
         vocab = self.model.llm.get_input_embeddings().weight.shape[0]
         self.model.symbols.set_candidate_masks(build_candidate_masks(self.symtok, vocab, book.labels))
         dm.bind(self.tokenizer, book)
         self.cycle.hand_over(self.model, self.symtok, dm)
+        self.cycle.snapshot_lora(self.model)
         out = self.out_dir  # resolved collectively before any rank-0-only write
         if self.trainer.is_global_zero:
             from ..io import atomic_write_json
@@ -166,7 +188,7 @@ class SymbolLitModule(L.LightningModule):
         return self._out_dir
 
     def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = [NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
+        callbacks = [CycleMetrics(), NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
         return callbacks + ([PhaseIntegrity()] if self.hparams.verify_groups else [])
 
     # ------------------------------------------------------------------------------------------ optimizers
@@ -179,16 +201,11 @@ class SymbolLitModule(L.LightningModule):
     def phase_step(self) -> PhaseStep:
         """The training step, bound to this run's optimizers and schedulers."""
         if self._step is None:
+            h = self.hparams
+            reduce = average_gradients if self.sharded else None  # DDP averages them; under FSDP we reduce them
             opts, scheds = self.optimizers(), self.lr_schedulers()
-            self._step = PhaseStep(
-                self.model,
-                {"lora": opts[0], "mlp": opts[1]},
-                {"lora": scheds[0], "mlp": scheds[1]},
-                self.hparams.max_grad_norm,
-                self.hparams.lora_phase_symbols,
-                self.guard,
-                # DDP would have averaged them; under FSDP the replicated groups are ours to reduce
-                average_gradients if self.sharded else None,
+            self._step = PhaseStep.of(
+                self.model, opts, scheds, h.max_grad_norm, h.lora_phase_symbols, self.guard, reduce
             )
         return self._step
 
@@ -207,8 +224,7 @@ class SymbolLitModule(L.LightningModule):
         # it here applies SpeechLLM's rule that the frozen encoders (and a frozen Q-Former) stay in eval mode, so
         # no dropout or layer drop reaches the speech features or the cache.
         self.model.train()
-        info = self.phase()
-        log.info("epoch %d: cycle %d, %s phase", self.current_epoch, info.cycle, info.phase)
+        log.info("epoch %d: cycle %d, %s phase", self.current_epoch, self.phase().cycle, self.phase().phase)
 
     def phase(self) -> PhaseInfo:
         """The cycle and phase of the current epoch."""
@@ -222,57 +238,27 @@ class SymbolLitModule(L.LightningModule):
         if "wav" not in batch:  # every sample of the batch was skipped
             return None
         info = self.phase()
-        temp = self._temperature(info, batch_idx)
-        try:
-            out = self.phase_step()(
-                batch,
-                info.phase,
-                temp,
-                speech=self._cached_speech(batch),
-                backward=self.manual_backward,
-                step=self.global_step,
-                epoch=self.current_epoch,
-            )
-        except torch.OutOfMemoryError as e:
-            raise torch.OutOfMemoryError(
-                f"GPU out of memory at batch size {batch['wav'].shape[0]}: lower data.batch_size, or set "
-                f"model.model.gradient_checkpointing: true (the checkpoints written so far are intact). {e}"
-            ) from None
-        bs = batch["wav"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
-        # the progress bar shows where the run is in the schedule
-        self.log_dict(
-            {"cycle": info.cycle, "mlp_phase": float(info.phase == "mlp")}, prog_bar=True, logger=False, batch_size=bs
+        temp = self.train_temperature = self._temperature(info, batch_idx)
+        speech = self._cached_speech(batch)
+        step, epoch = self.global_step, self.current_epoch
+        out = self.phase_step()(
+            batch, info.phase, temp, speech=speech, backward=self.manual_backward, step=step, epoch=epoch
         )
-        self.log_dict(
-            {
-                "train/cycle": float(info.cycle),
-                "train/phase": float(info.phase == "mlp"),
-                "train/temperature": temp,
-                "train/skipped": float(len(batch["skipped"])),
-            },
-            batch_size=bs,
-        )
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["wav"].shape[0])
         return out.loss
 
     # ----------------------------------------------------------------------------------- speech features
     def _cached_speech(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """Speech embeddings from the cache, or None when caching is off (the model computes them)."""
-        if not self.hparams.speech_cache or any(p.requires_grad for p in self.model.speech_parameters()):
-            return None
         if self._cache is None:
-            from .speech_cache import SpeechCache
-
-            self._cache = SpeechCache.for_run(
-                self.model, self.hparams.speech_cache_dir, self.out_dir, str(self.trainer.precision), self.global_rank
-            )
-        return self._cache.speech(self.model, batch, batch["audio_keys"])
+            h = self.hparams
+            self._cache = RunSpeechCache(h.speech_cache, h.speech_cache_dir, self.out_dir, str(self.trainer.precision))
+        return self._cache.speech(self.model, batch, self.global_rank)
 
     def _flush_cache(self) -> None:
-        if self._cache is not None:
-            self._cache.flush()
-            # the share of clips served from the cache since the last flush (one epoch of training or validation)
-            self.log("train/speech_cache_hit_rate", self._cache.hit_rate(), rank_zero_only=False)
+        rate = self._cache.flush() if self._cache is not None else None
+        if rate is not None:  # the share of clips served from the cache since the last flush
+            self.log("train/speech_cache_hit_rate", rate, rank_zero_only=False)
 
     # ----------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -284,12 +270,14 @@ class SymbolLitModule(L.LightningModule):
         speech = self._cached_speech(batch)
         if speech is None:
             speech = self.model.encode_speech(batch["wav"], batch["wav_lengths"])
-        prompts, temp = self.trainer.datamodule.prompts, self.temperature(1.0)
+        prompts, temp = self.trainer.datamodule.prompts, self.train_temperature
         self._eval.update(self.model, batch, speech, self.cycle.book, prompts, temp)
 
     def on_validation_epoch_end(self) -> None:
         self._flush_cache()
         self._log_eval("val")
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.cycle.record(self.last_eval.get("soft", {}).get("mean/acc"))
 
     # test: the same three conditions on the test split, logged as test/...
     def on_test_epoch_start(self) -> None:
@@ -301,27 +289,47 @@ class SymbolLitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
-    def _log_eval(self, stage: str) -> None:
-        metrics, by_mode = self._eval.compute(stage)
-        self.last_eval.update(by_mode)
+    def _log_eval(self, stage: str, prefixes: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+        metrics, by_mode = self._eval.compute(stage, prefixes)
+        self.last_eval.update({prefixes.get(m, m) if prefixes else m: v for m, v in by_mode.items()})
         self.log_dict(metrics, prog_bar=False, rank_zero_only=False, sync_dist=False)  # already gathered
+        return by_mode
+
+    @torch.no_grad()
+    def _validate_discovered(self) -> float | None:
+        """Validates the just-discovered mapping in hard symbols (``val_discovered/...``); returns its accuracy."""
+        self._eval = Evaluator(self.trainer.datamodule.tasks, ["hard"])
+        self.model.eval()
+        with self.trainer.precision_plugin.forward_context():
+            for i, batch in enumerate(self.trainer.datamodule.val_dataloader()):
+                self.validation_step(self.trainer.strategy.batch_to_device(batch), i)
+        self.model.train()
+        self._flush_cache()
+        return self._log_eval("val", {"hard": "val_discovered"}).get("hard", {}).get("mean/acc")
 
     # ---------------------------------------------------------------------------------- the cycle's turns
     def on_train_epoch_end(self) -> None:
         self._flush_cache()
         info = self.phase()
         dm = self.trainer.datamodule
-        if info.phase == "lora" and info.phase_end and info.cycle > 1:
-            if self.cycle.maybe_rollback(info.cycle, self.last_eval.get("soft", {}).get("mean/acc")):
-                self.cycle.hand_over(self.model, self.symtok, dm)
+        if info.rollback_check and self.cycle.maybe_rollback(
+            info.cycle, self.last_eval.get("soft", {}).get("mean/acc")
+        ):
+            self.cycle.hand_over(self.model, self.symtok, dm)
         if info.discover_after:
             # re-scoring runs the LLM, whose sharded blocks need every rank: then all ranks discover; rank 0 writes
             here, zero = self.trainer.is_global_zero or self.sharded, self.trainer.is_global_zero
             record = self.cycle.discover(
                 info.cycle, self.model, self.symtok, dm, self._broadcast, here, zero, self.out_dir
             )
+            if self.hparams.reset_mlp:
+                self.cycle.restart_mlp(self.model, self.optimizers()[1].optimizer, self.hparams.symbol_seed, info.cycle)
             self.cycle.hand_over(self.model, self.symtok, dm)
             notify_discovery(self.trainer, self, record)
+            acc = self._validate_discovered() if self.hparams.validate_discovered else None
+            self.cycle.record(acc)
+            if info.rollback_after_discovery and self.cycle.maybe_rollback(info.cycle, acc):
+                self.cycle.hand_over(self.model, self.symtok, dm)
         if info.phase_end:  # after discovery, so the checkpoint holds the new symbols
             path = self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt"
             self.trainer.save_checkpoint(path, weights_only=False)
@@ -331,7 +339,7 @@ class SymbolLitModule(L.LightningModule):
         if self._cache is not None:
             # rows computed since the last flush go to disk with the checkpoint, so a resumed run reads exactly
             # the rows the interrupted run had, instead of recomputing them in other batch compositions
-            self._cache.flush()
+            self._cache.flush(rate=False)
         save_training_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

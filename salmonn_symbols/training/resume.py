@@ -52,8 +52,12 @@ def save_training_state(module, checkpoint: dict[str, Any]) -> None:
     checkpoint["state_dict"] = {f"model.{k}": v for k, v in trainable_state_dict(module.model).items()}
     cycle = module.cycle.state_dict()
     checkpoint["symbols"] = cycle["symbols"]
+    if "initial_lora" in cycle:  # what discovery scores with (resumed runs must not take their own LoRA for it)
+        checkpoint["initial_lora"] = cycle["initial_lora"]
     checkpoint["cycle_state"] = {
         "best_soft_acc": cycle["best_soft_acc"],
+        "best_index": cycle["best_index"],
+        "train_temperature": float(module.train_temperature),
         "wandb_id": module.wandb_id,
         "model_cfg": asdict(module.model_cfg),
     }
@@ -77,7 +81,14 @@ def load_training_state(module, checkpoint: dict[str, Any]) -> dict[str, Any] | 
     dm = getattr(module.trainer, "datamodule", None)
     check_resume_config(checkpoint, asdict(module.model_cfg), dm.labels if dm is not None else None)
     state = checkpoint.get("cycle_state", {})
-    module.cycle.load_state_dict({"symbols": checkpoint["symbols"], "best_soft_acc": state.get("best_soft_acc")})
+    module.cycle.load_state_dict(
+        {
+            "symbols": checkpoint["symbols"],
+            "best_soft_acc": state.get("best_soft_acc"),
+            "best_index": state.get("best_index"),
+        }
+    )
+    module.train_temperature = state.get("train_temperature", module.train_temperature)
     module.wandb_id = state.get("wandb_id")
     if dm is not None:
         # the position the training step consumed, not what prefetching workers had already drawn

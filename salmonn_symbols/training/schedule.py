@@ -4,6 +4,8 @@
             LoRA   MLP    MLP*   LoRA   MLP    MLP*   LoRA
             └────── cycle 1 ────┘└───── cycle 2 ─────┘final
     * discovery runs at the end of the last MLP epoch of a cycle; cycle c writes cycle_c_*.json.
+    Rollback is checked once a discovered mapping has been adapted to: at the end of the LoRA phase that follows
+    a discovery, or right after the discovery (on its own validation) when no LoRA epoch follows it.
 
 One schedule and one fit keep the optimizers, learning-rate schedules and the logger's step axis continuous.
 """
@@ -26,6 +28,9 @@ class PhaseInfo:
         phase_epochs: Length of the phase in epochs.
         discover_after: Whether discovery runs at the end of this epoch.
         phase_end: Whether this is the last epoch of its phase.
+        rollback_check: Whether the rollback check runs at the end of this epoch (the LoRA phase after a
+            discovery has ended).
+        rollback_after_discovery: Whether it runs right after this epoch's discovery (no LoRA epoch follows).
     """
 
     cycle: int
@@ -34,6 +39,8 @@ class PhaseInfo:
     phase_epochs: int
     discover_after: bool
     phase_end: bool
+    rollback_check: bool = False
+    rollback_after_discovery: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,13 @@ class CycleSchedule:
             raise ValueError(f"epoch {epoch} is outside the schedule's {self.total_epochs} epochs")
         if epoch >= self.cycles * self.cycle_epochs:
             k = epoch - self.cycles * self.cycle_epochs
-            return PhaseInfo(self.cycles + 1, "lora", k, self.final_lora_epochs, False, k == self.final_lora_epochs - 1)
+            end = k == self.final_lora_epochs - 1
+            return PhaseInfo(self.cycles + 1, "lora", k, self.final_lora_epochs, False, end, end and self.cycles > 0)
         cycle, k = divmod(epoch, self.cycle_epochs)
         if k < self.lora_epochs:
-            return PhaseInfo(cycle + 1, "lora", k, self.lora_epochs, False, k == self.lora_epochs - 1)
+            end = k == self.lora_epochs - 1
+            return PhaseInfo(cycle + 1, "lora", k, self.lora_epochs, False, end, end and cycle > 0)
         k -= self.lora_epochs
         last = k == self.mlp_epochs - 1
-        return PhaseInfo(cycle + 1, "mlp", k, self.mlp_epochs, last, last)
+        lora_follows = self.lora_epochs > 0 if cycle + 1 < self.cycles else self.final_lora_epochs > 0
+        return PhaseInfo(cycle + 1, "mlp", k, self.mlp_epochs, last, last, False, last and not lora_follows)

@@ -24,7 +24,7 @@ from ..data.audio import audio_key
 from ..io import atomic_write_bytes
 from ..model.speech_llm import SpeechLLM
 
-__all__ = ["SpeechCache", "audio_key", "speech_fingerprint"]
+__all__ = ["RunSpeechCache", "SpeechCache", "audio_key", "speech_fingerprint"]
 
 
 # Part of every fingerprint. 2: rows are computed with the frozen parts in eval mode during training too (rows of
@@ -151,3 +151,33 @@ class SpeechCache:
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in self._new.items()}))
         self._new, self._flushes = {}, self._flushes + 1
         return path
+
+
+class RunSpeechCache:
+    """The speech cache of a training run, opened on first use, and off while any speech-path part trains.
+
+    Args:
+        enabled: ``speech_cache`` of the run.
+        folder: ``speech_cache_dir`` (default ``<run_dir>/speech_cache``; "none": memory only).
+        run_dir: The run's folder.
+        precision: The Trainer's precision (part of the fingerprint).
+    """
+
+    def __init__(self, enabled: bool, folder: str | None, run_dir: Path, precision: str):
+        self.enabled, self.folder, self.run_dir, self.precision = enabled, folder, run_dir, precision
+        self.cache: SpeechCache | None = None
+
+    def speech(self, model: SpeechLLM, batch: dict, rank: int) -> Tensor | None:
+        """The batch's speech embeddings from the cache, or None when caching is off (the model computes them)."""
+        if not self.enabled or any(p.requires_grad for p in model.speech_parameters()):
+            return None
+        if self.cache is None:
+            self.cache = SpeechCache.for_run(model, self.folder, self.run_dir, self.precision, rank)
+        return self.cache.speech(model, batch, batch["audio_keys"])
+
+    def flush(self, rate: bool = True) -> float | None:
+        """Writes new rows to disk; returns the hit rate since the last call (None before the cache exists)."""
+        if self.cache is None:
+            return None
+        self.cache.flush()
+        return self.cache.hit_rate() if rate else None

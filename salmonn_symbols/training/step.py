@@ -19,9 +19,17 @@ from torch import Tensor
 
 from ..model.speech_llm import SpeechLLM, SpeechLLMOutput
 
-__all__ = ["PHASES", "NonFiniteGuard", "PhaseStep", "phase_optimizers"]
+__all__ = ["PHASES", "NonFiniteGuard", "PhaseStep", "group_parameters", "phase_optimizers"]
 
 PHASES = ("lora", "mlp")
+
+
+def group_parameters(model: SpeechLLM, phase: str) -> list[Tensor]:
+    """The parameters a phase trains: the symbol MLP in an MLP phase; LoRA (and the Q-Former, query, projection
+    and LayerNorms when ``train_speech_path`` is set) in a LoRA phase."""
+    if phase == "mlp":
+        return model.symbol_parameters()
+    return model.lora_parameters() + [p for p in model.speech_parameters() if p.requires_grad]
 
 
 def phase_optimizers(
@@ -30,8 +38,8 @@ def phase_optimizers(
     """The LoRA and MLP optimizers (fused AdamW: one kernel per step, and it can skip a non-finite step on the
     device) with linear warm-up schedules counted in each optimizer's own steps."""
     fused = {"fused": True}
-    lora = torch.optim.AdamW(model.lora_parameters(), lr=lora_lr, weight_decay=lora_wd, **fused)
-    mlp = torch.optim.AdamW(model.symbol_parameters(), lr=mlp_lr, weight_decay=mlp_wd, **fused)
+    lora = torch.optim.AdamW(group_parameters(model, "lora"), lr=lora_lr, weight_decay=lora_wd, **fused)
+    mlp = torch.optim.AdamW(group_parameters(model, "mlp"), lr=mlp_lr, weight_decay=mlp_wd, **fused)
     warm = max(1, warmup_steps)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm)) for o in (lora, mlp)]
     return [lora, mlp], scheds
@@ -97,9 +105,15 @@ class PhaseStep:
         self.guard = guard or NonFiniteGuard()
         self.reduce_gradients = reduce_gradients
 
+    @classmethod
+    def of(cls, model: SpeechLLM, optimizers, schedulers, *args) -> PhaseStep:
+        """A step over ``[lora, mlp]`` optimizer and scheduler lists (what ``configure_optimizers`` returns)."""
+        names = ("lora", "mlp")
+        return cls(model, dict(zip(names, optimizers, strict=True)), dict(zip(names, schedulers, strict=True)), *args)
+
     def params(self, phase: str) -> list[Tensor]:
         """The trainable group of ``phase``."""
-        return self.model.symbol_parameters() if phase == "mlp" else self.model.lora_parameters()
+        return group_parameters(self.model, phase)
 
     def __call__(
         self,
@@ -131,7 +145,13 @@ class PhaseStep:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         mode = "soft" if phase == "mlp" else self.lora_phase_symbols
-        out = (forward or self.model)(batch, symbol_mode=mode, temperature=temperature, speech=speech)
+        try:
+            out = (forward or self.model)(batch, symbol_mode=mode, temperature=temperature, speech=speech)
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"GPU out of memory at batch size {batch['wav'].shape[0]}: lower data.batch_size, or set "
+                f"model.model.gradient_checkpointing: true (the checkpoints written so far are intact). {e}"
+            ) from None
         loss = out.loss
         if mode != "soft":
             # keeps the MLP in the graph with a zero gradient, so DDP's reducer finds a gradient for every

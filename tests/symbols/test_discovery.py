@@ -185,26 +185,6 @@ def test_stability_rejects_flip_flopping_tokens(setup, llama_sym, llama_vocab, w
     assert changes[0].discovered_symbol == words[20]
 
 
-def test_rescoring_reorders_candidates(setup, llama_sym, llama_vocab, words):
-    book, masks, cb = setup
-    a, b = llama_sym.word_ids(words[4]), llama_sym.word_ids(words[5])
-    x = _transformed_for(book, llama_sym, llama_vocab, {})
-    rows = [i for i, (lab, _, _) in enumerate(symbol_token_table(book, llama_sym)) if lab == "beta"]
-    x[rows] = _unit(0.8 * _unit(llama_vocab[a]) + 0.6 * _unit(llama_vocab[b]))
-    _, plain = discover_symbols(book, llama_sym, x, cb, masks)
-    assert plain[1].discovered_symbol == words[4]
-    calls = []
-
-    def task_loss(label, symbols):
-        calls.append((label, list(symbols)))
-        return [0.1 if s == words[5] else 2.0 for s in symbols]
-
-    _, rescored = discover_symbols(book, llama_sym, x, cb, masks, rescore=task_loss)
-    assert rescored[1].discovered_symbol == words[5]
-    assert rescored[1].candidates[0].loss == 0.1
-    assert {lab for lab, _ in calls} == set(LABELS)
-
-
 def test_manual_override(setup, llama_sym, llama_vocab, tmp_path, words):
     book, masks, cb = setup
     path = tmp_path / "override.json"

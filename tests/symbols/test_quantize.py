@@ -116,9 +116,34 @@ def test_mlp_shape_norm_and_residual():
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(3, 7))
     torch.testing.assert_close(out, F.normalize(e, dim=-1))  # zero-initialised output layer: identity direction
     mlp = SymbolMLP(32, hidden_dim=16, zero_init_output=False).eval()
+    unit = F.normalize(e, dim=-1)
     with torch.no_grad():
-        delta = mlp.net(e)
-    torch.testing.assert_close(mlp(e), F.normalize(e + 0.2 * delta, dim=-1))
+        delta = mlp.net(unit)
+    torch.testing.assert_close(mlp(e), F.normalize(unit + 0.2 * delta, dim=-1))
+
+
+def test_mlp_moves_a_direction_the_same_whatever_the_embedding_norm():
+    """The residual is added to the unit direction: a small-norm row (tiny models) and a large-norm row move
+    alike, so the MLP can reach other tokens at the shipped scale."""
+    mlp = SymbolMLP(32, hidden_dim=8, zero_init_output=False).eval()
+    e = torch.randn(5, 32)
+    torch.testing.assert_close(mlp(0.05 * e), mlp(20 * e))
+    cos = (mlp(e) * F.normalize(e, dim=-1)).sum(-1)
+    assert (cos < 0.999).all()  # it does move
+
+
+def test_mlp_reset_is_the_identity_and_the_same_on_every_rank():
+    mlp = SymbolMLP(32, hidden_dim=8)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.add_(torch.randn_like(p))
+    e = torch.randn(4, 32)
+    assert not torch.allclose(mlp.eval()(e), F.normalize(e, dim=-1))
+    mlp.reset_parameters(torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mlp(e), F.normalize(e, dim=-1))
+    other = SymbolMLP(32, hidden_dim=8)
+    other.reset_parameters(torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(mlp.state_dict().values(), other.state_dict().values(), strict=True))
 
 
 def test_mlp_is_fp32_under_autocast_and_with_bf16_weights():

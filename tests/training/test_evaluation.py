@@ -21,7 +21,7 @@ from salmonn_symbols.data.transforms import PromptTransform
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
 from salmonn_symbols.symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 from salmonn_symbols.training.evaluation import find_labels, gather_accumulator, predict_batch
-from salmonn_symbols.training.rescoring import TaskLossRescorer
+from salmonn_symbols.training.rescoring import TaskLossScorer
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def test_predict_batch_is_the_argmax_of_the_label_scores(setup, mode):
         "text_ids": batch[f"{key}_ids"],
         "text_mask": batch[f"{key}_mask"],
         "labels": torch.full_like(batch[f"{key}_ids"], -100),
+        "max_wav_len": batch["max_wav_len"],
     }
     words = cfg.labels if mode == "original" else [book.symbol_for(lab) for lab in cfg.labels]
     symbol_mode = {"soft": "soft", "hard": "hard", "original": "raw"}[mode]
@@ -131,18 +132,101 @@ def test_gather_accumulator_merges_every_ranks_shard():
     assert results[0]["d/acc"] == 0.5
 
 
-def test_rescorer_gives_each_candidate_the_task_loss_of_its_substitution(setup):
+def _half(val, half):
+    """(item, gold) of the scorer's half: alternate samples of each label, labels in task order."""
+    out = []
+    for lab in ["alpha", "beta", "gamma"]:
+        rows = [i for i, s in enumerate(val.samples[0]) if s.labels[0] == lab]
+        out += [(val[(0, i, 0)], lab) for i in rows[(0 if half == "search" else 1) :: 2]]
+    return out
+
+
+def _scores(model, prompts, transform, items, words):
+    """log p(word + EOS | x) of each word for each item, the prompts made with ``transform``, (n, len(words))."""
+    batch = SpeechCollator(prompts, transform)(items)
+    sub = {k: batch[k] for k in ("wav", "wav_lengths", "prefix_ids", "max_wav_len")}
+    sub |= {"text_ids": batch["prompt_text_ids"], "text_mask": batch["prompt_text_mask"]}
+    return model.score_candidates(sub, [prompts.target_ids(w) for w in words], "raw")
+
+
+def test_scorer_gives_every_word_the_closed_set_task_loss(setup):
+    """Every word, the current symbol included, is scored alike (its tokens' own embeddings): per held-out sample
+    of the dataset, logsumexp over the labels' words minus the gold label's word."""
     model, tok, sym, cfg, book, prompts, transform, val = setup
     label = cfg.labels[0]
     other = SymbolBook.create(["x", "y"], sym, seed=7).symbols
-    rescore = TaskLossRescorer(model, val, transform, prompts, book, max_samples=2, batch_size=1)
-    losses = rescore(label, [book.symbol_for(label), other[0], book.symbol_for(cfg.labels[1])])
-    # by hand: the first two validation clips of the label, the candidate in place of its symbol, hard symbols
-    for cand, got in zip([book.symbol_for(label), other[0]], losses[:2], strict=True):
-        trial = SymbolBook(labels=book.labels, mapping={**book.mapping, label: cand})
-        items = [val[(0, i, 0)] for i, s in enumerate(val.samples[0]) if s.labels[0] == label][:2]
-        batch = SpeechCollator(prompts, transform.with_book(trial))(items)
-        out = model(batch, symbol_mode="hard")
-        assert got == pytest.approx(out.loss.item(), rel=1e-5)
-    assert losses[0] != losses[1]
-    assert losses[2] == float("inf")  # another label's symbol cannot be used
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4, batch_rows=5, loss="closed_set")
+    words = [book.symbol_for(label), other[0], book.symbol_for(cfg.labels[1])]
+    for half in ("search", "confirm"):
+        losses = scorer.losses(label, words, half)
+        pairs = _half(val, half)
+        items, golds = [it for it, _ in pairs], [cfg.labels.index(g) for _, g in pairs]
+        assert losses.shape == (3, len(items))
+        current = _scores(model, prompts, transform, items, book.symbols)  # (n, K)
+        for word, got in zip(words[:2], losses[:2], strict=True):
+            trial = SymbolBook(labels=book.labels, mapping={**book.mapping, label: word})
+            table = current.clone()
+            table[:, 0] = _scores(model, prompts, transform.with_book(trial), items, [word])[:, 0]
+            want = table.logsumexp(-1) - table[torch.arange(len(items)), golds]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert torch.isinf(losses[2]).all()  # another label's symbol cannot be used
+    generative = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4, loss="generative")
+    mine = [it for it, g in _half(val, "search") if g == label]
+    got = generative.losses(label, words[:1], "search")[0]
+    want = [model(SpeechCollator(prompts, transform)([it]), symbol_mode="raw").loss for it in mine]
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-4, atol=1e-5)
+
+
+def test_the_contrastive_loss_is_how_much_more_the_model_says_the_word_for_the_labels_audio(setup):
+    """Per sample of the label, paired with a sample of another label: q(w | other) - q(w | own), q the per-token
+    probability of saying w (the default loss of discovery)."""
+    model, tok, sym, cfg, book, prompts, transform, val = setup
+    label = cfg.labels[2]
+    word = SymbolBook.create(["x"], sym, seed=11).symbols[0]
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4)
+    got = scorer.losses(label, [word, book.symbol_for(cfg.labels[0])], "search")
+    trial = transform.with_book(SymbolBook(labels=book.labels, mapping={**book.mapping, label: word}))
+    pairs = _half(val, "search")
+    own = [it for it, g in pairs if g == label]
+    others = [it for lab in cfg.labels if lab != label for it, g in pairs if g == lab][: len(own)]
+
+    def q(item):  # per-token probability of saying the word for this clip
+        logp = _scores(model, prompts, trial, [item], [word])[0, 0]
+        return torch.exp(logp / len(prompts.target_ids(word)))
+
+    want = torch.stack([q(o) - q(x) for x, o in zip(own, others, strict=True)])
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-6)
+    assert (got[0].abs() <= 1).all() and torch.isinf(got[1]).all()
+
+
+def test_scorer_proposals_are_the_contrastive_likelihood_and_the_first_order_loss_change(setup):
+    model, tok, sym, cfg, book, prompts, transform, val = setup
+    label = cfg.labels[1]
+    word = book.symbol_for(label)
+    current = tuple(sym.word_ids(word))
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4)
+    allowed = torch.ones(model.llm.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    pairs = _half(val, "search")
+    batch = SpeechCollator(prompts, transform)([it for it, _ in pairs])
+    own = torch.tensor([g == label for _, g in pairs])
+    # likelihood: mean probability at the symbol's first target position on the label's samples, minus the same
+    # on the other labels' samples
+    full = {k: v for k, v in batch.items() if k != "target_len"}  # logits at every text position
+    out = model(full, symbol_mode="raw")
+    prob = out.logits.float().softmax(-1)[torch.arange(len(pairs)), batch["prompt_lengths"]]  # (n, V)
+    want = (prob[own].mean(0) - prob[~own].mean(0)).topk(5).indices.tolist()
+    assert [t for t, _ in scorer.proposals(label, "likelihood", 0, current, allowed, 5)] == want
+    # gradient: -(v - e)·dL/de at the symbol's second token on the label's samples, e its own embedding
+    weight = model.llm.get_input_embeddings().weight.detach()
+    mine = SpeechCollator(prompts, transform)([it for it, g in pairs if g == label])
+    e = weight[current[1]].clone().requires_grad_(True)
+    table = weight[model.symbols.token_ids].clone()
+    row = model.symbols.row_of(current[1], 1)
+    loss = model(mine, symbol_mode="raw", symbol_table=torch.cat([table[:row], e[None], table[row + 1 :]])).loss
+    (g,) = torch.autograd.grad(loss, e)
+    want = (-(weight - weight[current[1]]) @ g).topk(5).indices.tolist()
+    assert [t for t, _ in scorer.proposals(label, "gradient", 1, current, allowed, 5)] == want
+    masked = allowed.clone()
+    masked[want[0]] = False
+    assert want[0] not in [t for t, _ in scorer.proposals(label, "gradient", 1, current, masked, 5)]
+    assert scorer.proposals(label, "gradient", 1, (current[0], 7), allowed, 5) == []  # the current symbol only
