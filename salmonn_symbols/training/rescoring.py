@@ -315,10 +315,12 @@ class TaskLossScorer:
         likelihood = [
             (own_p[:, p].mean(0) - (other_p[:, p].mean(0) if len(other_p) else 0.0)).cpu() for p in range(len(ids))
         ]
-        g = torch.stack(grads).sum(0) if grads else None
-        rows = [self.model.symbols.row_of(t, p) for p, t in enumerate(ids)] if g is not None else []
-        first_order = [(-(vocab - vocab[t]) @ g[r].float()).cpu() for t, r in zip(ids, rows, strict=True)]
-        self._probes[key] = (likelihood, first_order or empty)
+        first_order = empty
+        if grads:
+            g = torch.stack(grads).sum(0)  # (U, D)
+            rows = [self.model.symbols.row_of(t, p) for p, t in enumerate(ids)]
+            first_order = [(-(vocab - vocab[t]) @ g[r].float()).cpu() for t, r in zip(ids, rows, strict=True)]
+        self._probes[key] = (likelihood, first_order)
         return self._probes[key]
 
 
