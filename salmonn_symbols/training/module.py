@@ -6,11 +6,12 @@
           LoRA phase: symbols through the frozen MLP (soft by default)
           MLP phase:  symbols through MLP + soft quantization (annealed T)
        validation: accuracy / macro-F1 per dataset, soft · hard · original labels
-       epoch end: rollback check (cycle ≥ 2) · discovery after a cycle's last MLP epoch · phase-end checkpoint
+       epoch end: rollback check (cycle ≥ 2) · discovery after a cycle's last MLP epoch · checkpoint (last.ckpt;
+                  cycleN-{lora,mlp}-end.ckpt at a phase end), always after validation and discovery
 
 Both trainable groups keep ``requires_grad=True`` for the whole run, so DDP registers them once and all-reduces
 both; freezing is done by not stepping, which leaves the frozen group bitwise unchanged. The cycle's symbol
-logic lives in `SymbolCycle`, the checkpoint contents in `resume`, everything else in `callbacks`.
+logic lives in `SymbolCycle`, the checkpoint contents in `resume`, everything else in `callbacks` and `lifecycle`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .compile import compile_blocks
 from .cycle import SymbolCycle
 from .evaluation import EVAL_MODES, Evaluator, check_modes
 from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
-from .resume import load_training_state, save_training_state, set_rng_state
+from .lifecycle import GracefulStop, KeptMetrics, RunSummary
+from .resume import load_training_state, save_epoch_end, save_training_state, set_rng_state
 from .schedule import CycleSchedule, PhaseInfo
 from .step import NonFiniteGuard, PhaseStep, phase_optimizers
 
@@ -166,7 +168,8 @@ class SymbolLitModule(L.LightningModule):
         return self._out_dir
 
     def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = [NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
+        callbacks = [NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport(), GracefulStop()]
+        callbacks += [KeptMetrics(), RunSummary()]
         return callbacks + ([PhaseIntegrity()] if self.hparams.verify_groups else [])
 
     # ------------------------------------------------------------------------------------------ optimizers
@@ -308,6 +311,8 @@ class SymbolLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- the cycle's turns
     def on_train_epoch_end(self) -> None:
+        # in this order: the epoch's training, its validation (Lightning ran it after the last batch), rollback,
+        # discovery, then the checkpoint, which therefore holds what they decided
         self._flush_cache()
         info = self.phase()
         dm = self.trainer.datamodule
@@ -322,9 +327,8 @@ class SymbolLitModule(L.LightningModule):
             )
             self.cycle.hand_over(self.model, self.symtok, dm)
             notify_discovery(self.trainer, self, record)
-        if info.phase_end:  # after discovery, so the checkpoint holds the new symbols
-            path = self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt"
-            self.trainer.save_checkpoint(path, weights_only=False)
+        # anything that checks the new mapping goes here, before the checkpoint makes it the resumed run's start
+        save_epoch_end(self.trainer, self.out_dir / "checkpoints", info.cycle, info.phase, info.phase_end)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
