@@ -56,4 +56,3 @@ class KillAt(Callback):
     def on_train_end(self, trainer, pl_module):
         if self.point == "train_end":
             self._send()
-

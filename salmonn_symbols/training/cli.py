@@ -216,6 +216,11 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # the frozen speech encoders stay in eval mode on purpose (no dropout or layer drop in cached features)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # a resumed run writes into its own folder on purpose; KeptMetrics keeps the metrics.csv history
+    warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+    # deprecations inside transformers/peft and Lightning that their next releases fix
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTip())
 
 

@@ -78,6 +78,11 @@ def _final(run: Path) -> tuple[dict, dict, list]:
 def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_run(tmp_path, tone_config):
     ref = _fit(tone_config, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
+    # a plain run starts without the warnings every run would print (they say nothing about this run)
+    for noise in ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated"):
+        assert noise not in ref.stderr, noise
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())  # what the run printed at its end
+    assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_s"] > 0
     run = tmp_path / "run"
     chain = [  # each run is killed (or stopped) at one point and the next one resumes from last.ckpt
         ({"point": "validation", "epoch": 1}, "SIGKILL"),  # after the MLP phase's last step, before discovery 1
@@ -109,11 +114,13 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
     book_a, weights_a, rows_a = _final(tmp_path / "ref")
     book_b, weights_b, rows_b = _final(run)
     assert book_a == book_b and [h["cycle"] for h in book_b["history"]] == [0, 1, 2]  # no discovery lost or doubled
+    assert summary["symbols"] == {lab: [h["mapping"][lab] for h in book_a["history"]] for lab in book_a["labels"]}
     assert weights_a.keys() == weights_b.keys()
     for k in weights_a:
         assert torch.equal(weights_a[k], weights_b[k]), k
     for name in ("cycle_1_symbols.json", "cycle_2_symbols.json", "cycle_1_tokens.json", "cycle_2_tokens.json"):
-        assert (tmp_path / "ref" / "discovery" / name).read_text() == (run / "discovery" / name).read_text(), name
+        a, b = (json.loads((r / "discovery" / name).read_text()) for r in (tmp_path / "ref", run))
+        assert a.pop("timestamp") and b.pop("timestamp") and a == b, name
     # metrics.csv kept every step's loss and every validation once, with the uninterrupted run's values
     assert rows_a == rows_b
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -155,7 +162,9 @@ def test_fit_refuses_to_lose_a_run(tmp_path, tone_config, capsys):
     err = capsys.readouterr().err
     assert status == 2 and f"{run} already holds a run (checkpoints/last.ckpt, discovery)" in err
     assert "resume it with --ckpt_path last" in err and (run / "checkpoints" / "last.ckpt").exists()
-    status = main(["fit", "--config", str(tone_config), "--run_dir", str(run), "--ckpt_path", "last", "--overwrite", "true"])
+    status = main(
+        ["fit", "--config", str(tone_config), "--run_dir", str(run), "--ckpt_path", "last", "--overwrite", "true"]
+    )
     assert status == 2 and "cannot be combined with --ckpt_path" in capsys.readouterr().err
     from salmonn_symbols.training.cli import check_run_dir
 
@@ -170,14 +179,28 @@ def test_launcher_resumes_requeued_jobs_and_refuses_an_empty_resume(tmp_path):
 
     def launch(**env: str) -> subprocess.CompletedProcess:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-        return subprocess.run([script, "--trainer.max_steps", "9"], env={**clean, "DRY_RUN": "1", **env},
-                              capture_output=True, text=True, cwd=tmp_path)
+        return subprocess.run(
+            [script, "--trainer.max_steps", "9"],
+            env={**clean, "DRY_RUN": "1", **env},
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
 
     proc = launch(RESUME="1", RUN_DIR=str(run))
     assert proc.returncode == 1 and f"RESUME=1 but {run}/checkpoints/last.ckpt does not exist" in proc.stderr
     new = launch(CONFIG="configs/tiny.yaml", RUN_DIR=str(run)).stdout
-    assert new.split()[1:] == ["-m", "salmonn_symbols", "fit", "--config", "configs/tiny.yaml", "--run_dir", str(run),
-                               "--trainer.max_steps", "9"]
+    assert new.split()[1:] == [
+        "-m",
+        "salmonn_symbols",
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        "--run_dir",
+        str(run),
+        "--trainer.max_steps",
+        "9",
+    ]
     requeued = launch(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", RUN_DIR=str(run)).stdout
     assert requeued.startswith("srun ") and "--overwrite true" in requeued  # stopped before its first checkpoint
     (run / "checkpoints").mkdir(parents=True)
