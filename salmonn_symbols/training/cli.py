@@ -210,6 +210,9 @@ class _NoTip(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+_NO_TIP = _NoTip()  # one instance: adding it again is a no-op
+
+
 def _quiet() -> None:
     """Silences the warnings every run would print that say nothing about this run."""
     # we pass the arguments ourselves (the same ones sys.argv holds), so `salmonn-symbols fit` and Python agree
@@ -221,7 +224,7 @@ def _quiet() -> None:
     # deprecations inside transformers/peft and Lightning that their next releases fix
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTip())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_TIP)
 
 
 def run_lightning_cli(args: list[str]) -> int:
