@@ -33,8 +33,8 @@ __all__ = ["GracefulStop", "KeptMetrics", "RunSummary", "StepCheckpoint", "resum
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command line that continues the run in ``run_dir``."""
-    return f"salmonn-symbols fit --config {run_dir / 'config.yaml'} --ckpt_path last"
+    """The command line that continues the run in ``run_dir`` (a run started without ``--run_dir`` too)."""
+    return f"salmonn-symbols fit --config {run_dir / 'config.yaml'} --run_dir {run_dir} --ckpt_path last"
 
 
 class StepCheckpoint(ModelCheckpoint):

@@ -103,7 +103,8 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
         assert not (run / "symbols_final.json").exists()
         if sig != "SIGKILL":
             assert f"{sig}: {stops[sig]}" in proc.stdout, proc.stdout[-2000:]
-            assert f"resume with: salmonn-symbols fit --config {run / 'config.yaml'} --ckpt_path last" in proc.stdout
+            resume = f"salmonn-symbols fit --config {run / 'config.yaml'} --run_dir {run} --ckpt_path last"
+            assert f"resume with: {resume}" in proc.stdout
     # nothing is left to train: the resumed run only exports. Through the launcher, with the run's own config.yaml
     script = [str(ROOT / "scripts" / "train_cycles.sh")]
     done = subprocess.run(
