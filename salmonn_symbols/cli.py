@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"salmonn-symbols {name}", description=COMMANDS[name][1])
         module.add_args(parser)
         return int(module.run(parser.parse_args(argv[1:])) or 0)
-    except (FileNotFoundError, ValueError, KeyError, SymbolGenerationError) as e:
+    except (FileNotFoundError, ValueError, KeyError, ImportError, SymbolGenerationError) as e:
         print(f"salmonn-symbols {name}: error: {e}", file=sys.stderr)
         return 2
 

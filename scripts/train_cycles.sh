@@ -3,14 +3,22 @@
 #
 #   GPUS=4 CONFIG=configs/salmonn_13b.yaml RUN_DIR=runs/13b-sentiment scripts/train_cycles.sh [--key value ...]
 #   RESUME=1 RUN_DIR=runs/13b-sentiment scripts/train_cycles.sh          # continue from RUN_DIR/checkpoints/last.ckpt
+#   OVERWRITE=1 ... scripts/train_cycles.sh                              # start the run in RUN_DIR again
 #   SLURM=1 NODES=2 GPUS_PER_NODE=8 PARTITION=gpu TIME=24:00:00 scripts/train_cycles.sh   # submit with sbatch
+#   DRY_RUN=1 ... scripts/train_cycles.sh                                # print the command instead of running it
 #
 # One machine: Lightning's own launcher starts one process per GPU (GPUS=N). On SLURM the script submits
-# itself with sbatch; inside the allocation srun starts one task per GPU, Lightning reads the SLURM environment,
-# and a preempted job is requeued and resumes from last.ckpt (SIGUSR1 90 s before the end of TIME).
+# itself with sbatch; inside the allocation srun starts one task per GPU and Lightning reads the SLURM
+# environment. SIGUSR1 arrives SIGNAL_LEAD seconds (default 300) before the end of TIME: the run finishes the
+# step or the epoch end (validation, discovery) in progress, writes last.ckpt, requeues the job and exits; the
+# requeued job resumes from last.ckpt. `kill -TERM` stops a run the same way, without the requeue.
+# RESUME=1 uses RUN_DIR/config.yaml, the run's own resolved config, unless CONFIG is given.
 # Extra arguments go to `salmonn-symbols fit` unchanged.
 set -euo pipefail
 
+if [ "${RESUME:-0}" = 1 ] && [ -z "${CONFIG:-}" ]; then
+    CONFIG=${RUN_DIR:?RESUME=1 needs RUN_DIR}/config.yaml
+fi
 CONFIG=${CONFIG:-configs/tiny.yaml}
 RUN_DIR=${RUN_DIR:-runs/$(basename "${CONFIG%.yaml}")}
 GPUS=${GPUS:-${GPUS_PER_NODE:-1}}
@@ -18,29 +26,39 @@ NODES=${NODES:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+LAST="$RUN_DIR/checkpoints/last.ckpt"
 
 args=(fit --config "$CONFIG" --run_dir "$RUN_DIR")
-if [ "${RESUME:-0}" = 1 ] || [ -f "$RUN_DIR/checkpoints/last.ckpt" -a -n "${SLURM_RESTART_COUNT:-}" ]; then
-    [ -f "$RUN_DIR/checkpoints/last.ckpt" ] || { echo "RESUME=1 but $RUN_DIR/checkpoints/last.ckpt does not exist" >&2; exit 1; }
+if [ "${RESUME:-0}" = 1 ]; then
+    [ -f "$LAST" ] || { echo "RESUME=1 but $LAST does not exist: nothing to resume" >&2; exit 1; }
     args+=(--ckpt_path last)
+elif [ "${SLURM_RESTART_COUNT:-0}" != 0 ]; then
+    # a requeued job: continue from the checkpoint, or start again if it was stopped before the first one
+    if [ -f "$LAST" ]; then args+=(--ckpt_path last); else args+=(--overwrite true); fi
+elif [ "${OVERWRITE:-0}" = 1 ]; then
+    args+=(--overwrite true)
 fi
+
+run() {
+    if [ "${DRY_RUN:-0}" = 1 ]; then echo "$*"; exit 0; fi
+    exec "$@"
+}
 
 if [ "${SLURM:-0}" = 1 ] && [ -z "${SLURM_JOB_ID:-}" ]; then
     mkdir -p "$RUN_DIR"
-    exec sbatch --nodes="$NODES" --ntasks-per-node="$GPUS" --gpus-per-node="$GPUS" \
+    run sbatch --nodes="$NODES" --ntasks-per-node="$GPUS" --gpus-per-node="$GPUS" \
         --partition="${PARTITION:?set PARTITION}" --time="${TIME:-24:00:00}" \
-        --signal=SIGUSR1@90 --requeue --job-name="salmonn-symbols" --output="$RUN_DIR/slurm-%j.out" \
+        --signal=SIGUSR1@"${SIGNAL_LEAD:-300}" --requeue --job-name="salmonn-symbols" \
+        --output="$RUN_DIR/slurm-%j.out" \
         --export=ALL,CONFIG="$CONFIG",RUN_DIR="$RUN_DIR",GPUS="$GPUS",NODES="$NODES" "$0" "$@"
 fi
 
 if [ -n "${SLURM_JOB_ID:-}" ]; then
-    # Lightning's SLURMEnvironment handles ranks and requeue; auto-requeue resumes from last.ckpt.
-    [ -f "$RUN_DIR/checkpoints/last.ckpt" ] && [[ " ${args[*]} " != *" --ckpt_path "* ]] && args+=(--ckpt_path last)
-    exec srun "$PY" -m salmonn_symbols "${args[@]}" --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" \
+    run srun "$PY" -m salmonn_symbols "${args[@]}" --trainer.num_nodes "$NODES" --trainer.devices "$GPUS" \
         --trainer.strategy ddp "$@"
 fi
 
 if [ "$GPUS" -gt 1 ] || [ "$NODES" -gt 1 ]; then
     args+=(--trainer.devices "$GPUS" --trainer.num_nodes "$NODES" --trainer.strategy ddp)
 fi
-exec "$PY" -m salmonn_symbols "${args[@]}" "$@"
+run "$PY" -m salmonn_symbols "${args[@]}" "$@"

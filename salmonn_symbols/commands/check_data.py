@@ -2,6 +2,10 @@
 
 Reads every manifest line and decodes every audio file (in worker processes, with a progress bar), prints
 each problem as ``file:line: what is wrong``, then a summary, and exits non-zero if anything is wrong.
+
+    target: a task YAML ─► its splits
+            a training config (configs/tiny.yaml) ─► every task YAML of its data.tasks ─► their splits
+            a JSONL manifest or SALMONN annotation JSON ─► that file
 """
 
 from __future__ import annotations
@@ -12,19 +16,48 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from ..data.audio import SAMPLE_RATE
 from ..data.manifest import DataError, Sample, read_split
 from ..data.tasks import TaskConfig, load_task_config
 
 __all__ = ["add_args", "check_data", "run"]
 
+_TRAINING_KEYS = {"data", "model", "trainer"}  # top-level keys of a `salmonn-symbols fit` config
 
-def _configs(target: str) -> list[tuple[TaskConfig, str]]:
-    """(task config, split) pairs to check: every split of a YAML, or the one manifest given."""
+
+def _training_tasks(path: Path) -> list[str] | None:
+    """The task YAMLs (``data.tasks``) of a training config, or None when ``path`` is not one."""
+    try:
+        raw = yaml.safe_load(path.read_text("utf-8")) if path.is_file() else None
+    except yaml.YAMLError:
+        return None  # load_task_config reports the YAML error with its position
+    if not isinstance(raw, dict) or not _TRAINING_KEYS & set(raw):
+        return None
+    tasks = (raw.get("data") or {}).get("tasks")
+    if not tasks:
+        raise ValueError(f"{path}: a training config without data.tasks: no task to check")
+    return [str(t) for t in tasks]
+
+
+def _configs(target: str, problems: list[str]) -> list[tuple[TaskConfig, str]]:
+    """(task config, split) pairs to check: every split of a task YAML or of every task of a training config,
+    or the one manifest given. A task YAML that cannot be read is added to ``problems``."""
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):
-        cfg = load_task_config(path)
-        return [(cfg, split) for split in cfg.splits]
+        tasks = _training_tasks(path)
+        pairs = []
+        for task in tasks if tasks is not None else [target]:
+            try:
+                cfg = load_task_config(task)
+            except (DataError, FileNotFoundError, ValueError) as e:
+                if tasks is None:
+                    raise
+                problems.append(f"{path}: data.tasks: {e}")
+                continue
+            pairs += [(cfg, split) for split in cfg.splits]
+        return pairs
     if not path.exists():
         raise FileNotFoundError(f"not found: {path}")
     fmt = "salmonn" if path.suffix == ".json" else "hf" if path.is_dir() else "jsonl"
@@ -82,7 +115,7 @@ def check_data(target: str, workers: int = 2, progress: bool = True, out=None) -
     problems: list[str] = []
     labels: Counter = Counter()
     seconds, n_samples = 0.0, 0
-    for cfg, split in _configs(target):
+    for cfg, split in _configs(target, problems):
         try:
             samples, bad = read_split(cfg, split, on_bad_sample="skip")
         except (DataError, FileNotFoundError) as e:
@@ -111,7 +144,11 @@ def check_data(target: str, workers: int = 2, progress: bool = True, out=None) -
 
 def add_args(p: argparse.ArgumentParser) -> None:
     """Adds the options of ``check-data``."""
-    p.add_argument("target", help="a task YAML (configs/data/*.yaml), a JSONL manifest or a SALMONN annotation JSON")
+    p.add_argument(
+        "target",
+        help="a task YAML (configs/data/*.yaml), a training config (its data.tasks are checked), a JSONL manifest "
+        "or a SALMONN annotation JSON",
+    )
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

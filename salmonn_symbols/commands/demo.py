@@ -5,6 +5,9 @@
 3. run 2 full cycles (LoRA phase, MLP phase, discovery) with ``configs/tiny.yaml``
 4. write the discovery JSONs
 5. print how the symbols evolved, with validation accuracy
+
+Everything lands in one run folder (``runs/demo`` by default): ``synth/`` (the data), ``config.yaml``,
+``metrics.csv``, ``discovery/``, ``checkpoints/``, ``export/``; running the demo again starts that run again.
 """
 
 from __future__ import annotations
@@ -60,27 +63,26 @@ def run_demo(out: str | Path = "runs/demo") -> int:
         "fit",
         "--config",
         str(_TINY),
-        "--trainer.default_root_dir",
+        "--run_dir",
         str(out),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
+        "--overwrite",
+        "true",
         "--data.tasks",
         json.dumps([str(p) for p in yamls.values()]),
     ]
     status = run_lightning_cli(args)
     if status:
         return status
-    run = sorted((out / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
-    print(f"== 5/5 results in {run}")
-    _evolution(run)
-    _accuracy(run)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; discovery files: {run / 'discovery'}")
+    print(f"== 5/5 results in {out}")
+    _evolution(out)
+    _accuracy(out)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; discovery files: {out / 'discovery'}")
     return 0
 
 
 def add_args(p) -> None:
     """Options of ``demo``."""
-    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--out", default="runs/demo", help="the run folder (a previous demo run in it is replaced)")
 
 
 def run(args) -> int:

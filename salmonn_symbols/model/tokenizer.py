@@ -5,7 +5,9 @@
   trained in a second from the packaged corpus. It is the tokenizer of the ``tiny`` model size.
 
 Both are ordinary ``transformers`` fast tokenizers: ``save_pretrained`` writes a folder that
-``AutoTokenizer.from_pretrained`` loads, the same path a real Vicuna tokenizer takes.
+``AutoTokenizer.from_pretrained`` loads, the same path a real Vicuna tokenizer takes. A Vicuna/LLaMA folder
+often holds only the SentencePiece ``tokenizer.model``: reading it needs the ``sentencepiece`` package, which
+`load_tokenizer` checks first, so a missing package is named instead of failing deep inside ``transformers``.
 """
 
 from __future__ import annotations
@@ -79,11 +81,34 @@ def whisper_gpt2_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+# files any HF tokenizer folder has at least one of
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _check_folder(folder: str) -> None:
+    """Fails early, naming ``folder``, when it cannot hold a tokenizer that this environment can read."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"tokenizer folder not found: {folder} (expected a local HF tokenizer folder)")
+    files = set(os.listdir(folder))
+    if not files & set(_TOKENIZER_FILES):
+        raise FileNotFoundError(f"{folder}: no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)})")
+    if "tokenizer.model" in files and "tokenizer.json" not in files:
+        try:
+            import sentencepiece  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"{folder}: the tokenizer is a SentencePiece tokenizer.model (LLaMA / Vicuna) without a "
+                f"tokenizer.json, and reading it needs the sentencepiece package: pip install sentencepiece "
+                f"(a dependency of salmonn_symbols)"
+            ) from e
+
+
 def load_tokenizer(spec: str):
     """Loads a tokenizer from a local HF folder, or a built-in one: ``builtin:gpt2`` or ``builtin:tiny``.
 
     Raises:
-        FileNotFoundError: naming the folder when it does not exist.
+        FileNotFoundError: naming the folder when it does not exist or holds no tokenizer files.
+        ImportError: naming the folder when its SentencePiece model needs the missing ``sentencepiece``.
     """
     if spec == "builtin:gpt2":
         return whisper_gpt2_tokenizer()
@@ -91,8 +116,7 @@ def load_tokenizer(spec: str):
         return build_tiny_llama_tokenizer()
     if spec.startswith("builtin:"):
         raise ValueError(f"unknown built-in tokenizer {spec!r}; expected builtin:gpt2 or builtin:tiny")
-    if not os.path.isdir(spec):
-        raise FileNotFoundError(f"tokenizer folder not found: {spec} (expected a local HF tokenizer folder)")
+    _check_folder(spec)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(spec, local_files_only=True)

@@ -257,9 +257,22 @@ class DiscoveryTables(L.Callback):
 
 class FinalExport(L.Callback):
     """At the end of training (rank 0): ``export/trainable.safetensors``, ``export/lora_adapter/`` (a peft
-    adapter folder) and ``symbols_final.json``."""
+    adapter folder) and ``symbols_final.json``. A run stopped after its last epoch-end checkpoint but before this
+    ran resumes with nothing left to train, and Lightning then skips ``on_train_end``: the export runs at the end
+    of that fit instead."""
+
+    def __init__(self) -> None:
+        self._done = False
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._export(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not self._done:
+            self._export(trainer, pl_module)
+
+    def _export(self, trainer, pl_module) -> None:
+        self._done = True
         if not trainer.is_global_zero:
             return
         from ..model.checkpoint import save_lora_adapter, save_trainable

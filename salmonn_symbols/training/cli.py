@@ -2,25 +2,85 @@
 
 The config mirrors the typed ``__init__`` arguments of `SymbolLitModule` and `SymbolDataModule`; a misspelt
 key is an error that names it. Every run saves its resolved config (``config.yaml``) in its log folder.
+
+    fit --run_dir R                   a new run in R; refused if R already holds one (unless --overwrite true)
+    fit --run_dir R --ckpt_path last  continue from R/checkpoints/last.ckpt; refused if there is none
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..data.datamodule import SymbolDataModule
 from ..io import atomic_write
+from .lifecycle import KeptMetrics, StepCheckpoint
 from .module import SymbolLitModule
 from .schedule import CycleSchedule
 
-__all__ = ["AtomicCheckpointIO", "SymbolCLI", "main", "run_lightning_cli"]
+__all__ = ["RUN_OUTPUTS", "AtomicCheckpointIO", "SymbolCLI", "check_run_dir", "main", "run_lightning_cli"]
+
+# what a fit writes into its run folder; --overwrite deletes these (the speech cache stays: it is keyed by weights)
+RUN_OUTPUTS = (
+    "checkpoints",
+    "discovery",
+    "export",
+    "wandb",
+    "config.yaml",
+    "hparams.yaml",
+    "metrics.csv",
+    "phase_checks.jsonl",
+    "skipped.jsonl",
+    "summary.json",
+    "symbols_cycle_0.json",
+    "symbols_final.json",
+    "symbol_evolution.png",
+)
+
+
+def check_run_dir(run_dir: str | None, ckpt_path: str | None, overwrite: bool) -> None:
+    """Refuses a fit that would lose a run: ``--ckpt_path last`` with nothing to resume, or a new run written over
+    one that exists. With ``overwrite`` the old run's files are deleted first (rank 0).
+
+    Raises:
+        ValueError: naming the run folder and the command that does what was probably meant.
+    """
+    if ckpt_path == "last" and not run_dir:
+        raise ValueError("--ckpt_path last resumes the run in --run_dir: give the same --run_dir as the first run")
+    if ckpt_path and overwrite:
+        raise ValueError("--overwrite true starts the run again: it cannot be combined with --ckpt_path")
+    if not run_dir:
+        return
+    run = Path(run_dir)
+    last = run / "checkpoints" / "last.ckpt"
+    if ckpt_path == "last" and not last.is_file():
+        raise ValueError(
+            f"nothing to resume: {last} does not exist (the run stopped before its first checkpoint, or "
+            f"--run_dir is not the run's folder); start it again with --overwrite true"
+        )
+    if ckpt_path:
+        return
+    found = [p for p in ("checkpoints/last.ckpt", "symbols_cycle_0.json", "discovery") if (run / p).exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{run} already holds a run ({', '.join(found)}): resume it with --ckpt_path last, start it again "
+            f"with --overwrite true (its checkpoints and discovery files are deleted), or choose another --run_dir"
+        )
+    if found and rank_zero_only.rank == 0:
+        for name in RUN_OUTPUTS:
+            path = run / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -57,7 +117,13 @@ class SymbolCLI(LightningCLI):
             "--checkpoint_every_n_steps",
             type=int,
             default=200,
-            help="save checkpoints/last.ckpt every N optimizer steps (phase ends always save)",
+            help="save checkpoints/last.ckpt every N optimizer steps (every epoch end saves too)",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="start a new run in a --run_dir that holds one, deleting its checkpoints and discovery files",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -67,12 +133,15 @@ class SymbolCLI(LightningCLI):
         cfg.trainer.max_epochs = sched.total_epochs  # the schedule decides the length of the run
         if cfg.trainer.logger is None or cfg.trainer.logger is True:
             cfg.trainer.logger = _default_wandb(cfg.get("run_dir") or cfg.trainer.default_root_dir or "runs")
+        if self.subcommand == "fit":
+            check_run_dir(cfg.get("run_dir"), cfg.get("ckpt_path"), cfg.get("overwrite"))
+            cfg.overwrite = False  # the saved config.yaml must never delete this run when it is used again
         if cfg.get("run_dir"):
             self._use_run_dir(cfg, cfg.run_dir)
         if cfg.get("ckpt_path"):
             self._resume_wandb(cfg)
-        elif cfg.get("ckpt_path") == "last":
-            raise ValueError("--ckpt_path last resumes the run in --run_dir: give the same --run_dir as the first run")
+            if self.subcommand == "fit" and cfg.get("run_dir") and rank_zero_only.rank == 0:
+                KeptMetrics.put_aside(cfg.run_dir)  # before Lightning's CSVLogger deletes it
 
     @staticmethod
     def _resume_wandb(cfg) -> None:
@@ -103,12 +172,14 @@ class SymbolCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         every = self.config[self.subcommand].checkpoint_every_n_steps if self.subcommand else 200
         run_dir = self.config[self.subcommand].get("run_dir") if self.subcommand else None
-        ckpt = ModelCheckpoint(
+        ckpt = StepCheckpoint(
             dirpath=os.path.join(run_dir, "checkpoints") if run_dir else None,
             filename="step-{step}",
+            auto_insert_metric_name=False,  # step-400.ckpt, not step-step=400.ckpt
             every_n_train_steps=every,
             save_last=True,
             save_top_k=1,
+            enable_version_counter=False,  # last.ckpt is also written at every epoch end: replace it, never add -v1
         )
         trainer_cfg = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
         # appended to the configured lists: passing them as kwargs would replace the user's callbacks
@@ -132,15 +203,50 @@ def _default_wandb(save_dir: str):
     )
 
 
+class _NoTip(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed at every start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_TIP = _NoTip()  # one instance: adding it again is a no-op
+
+
+def _quiet() -> None:
+    """Silences the warnings every run would print that say nothing about this run."""
+    # we pass the arguments ourselves (the same ones sys.argv holds), so `salmonn-symbols fit` and Python agree
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # the frozen speech encoders stay in eval mode on purpose (no dropout or layer drop in cached features)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # a resumed run writes into its own folder on purpose; KeptMetrics keeps the metrics.csv history
+    warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+    # deprecations inside transformers/peft and Lightning that their next releases fix
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_TIP)
+
+
 def run_lightning_cli(args: list[str]) -> int:
-    """Runs a LightningCLI subcommand; a user-facing error prints one message and returns status 2."""
+    """Runs a LightningCLI subcommand; a user-facing error prints one message and returns status 2, a clean
+    stop on SIGTERM or SIGUSR1 (see `GracefulStop`) returns 143."""
     from ..symbols import SymbolGenerationError
 
+    _quiet()
     try:
         _run(args)
-    except (FileNotFoundError, ValueError, SymbolGenerationError, FloatingPointError, torch.OutOfMemoryError) as e:
+    except (
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+        SymbolGenerationError,
+        FloatingPointError,
+        torch.OutOfMemoryError,
+    ) as e:
         print(f"salmonn-symbols {args[0]}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except SIGTERMException:
+        return 143
     return 0
 
 
@@ -156,6 +262,7 @@ def _run(args: list[str]) -> None:
         args=args,
         save_config_callback=FitConfigCallback,
         save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,  # what LightningCLI's default does, without its warning
         trainer_defaults={
             "use_distributed_sampler": False,  # the batch samplers shard by rank themselves
             "reload_dataloaders_every_n_epochs": 1,

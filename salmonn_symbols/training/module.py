@@ -7,10 +7,11 @@
           MLP phase:  symbols through MLP + soft quantization (annealed T)
        validation: accuracy / macro-F1 per dataset, soft (at the training temperature) · hard · original labels
        epoch end: rollback check · discovery after a cycle's last MLP epoch, the MLP back to the identity, and a
-                  validation of the discovered mapping (val_discovered/...) · phase-end checkpoint
+                  validation of the discovered mapping (val_discovered/...) · checkpoint (last.ckpt;
+                  cycleN-{lora,mlp}-end.ckpt at a phase end), always after validation and discovery
 
 Both trainable groups keep ``requires_grad=True`` for the whole run (DDP registers them once); freezing is done by
-not stepping. The symbols live in `SymbolCycle`, checkpoint contents in `resume`, everything else in `callbacks`.
+not stepping. The symbols live in `SymbolCycle`, checkpoints in `resume`, the rest in `callbacks` and `lifecycle`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from .compile import compile_blocks
 from .cycle import SymbolCycle
 from .evaluation import EVAL_MODES, Evaluator, check_modes
 from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
-from .resume import load_training_state, save_training_state, set_rng_state
+from .lifecycle import GracefulStop, KeptMetrics, RunSummary
+from .resume import load_training_state, save_epoch_end, save_training_state, set_rng_state
 from .schedule import CycleSchedule, PhaseInfo
 from .speech_cache import RunSpeechCache
 from .step import NonFiniteGuard, PhaseStep, phase_optimizers
@@ -189,6 +191,7 @@ class SymbolLitModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks = [CycleMetrics(), NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
+        callbacks += [GracefulStop(), KeptMetrics(), RunSummary()]
         return callbacks + ([PhaseIntegrity()] if self.hparams.verify_groups else [])
 
     # ------------------------------------------------------------------------------------------ optimizers
@@ -309,12 +312,12 @@ class SymbolLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- the cycle's turns
     def on_train_epoch_end(self) -> None:
+        # in this order: the epoch's training, its validation (Lightning ran it after the last batch), rollback,
+        # discovery, then the checkpoint, which therefore holds what they decided
         self._flush_cache()
         info = self.phase()
-        dm = self.trainer.datamodule
-        if info.rollback_check and self.cycle.maybe_rollback(
-            info.cycle, self.last_eval.get("soft", {}).get("mean/acc")
-        ):
+        dm, acc = self.trainer.datamodule, self.last_eval.get("soft", {}).get("mean/acc")
+        if info.rollback_check and self.cycle.maybe_rollback(info.cycle, acc):
             self.cycle.hand_over(self.model, self.symtok, dm)
         if info.discover_after:
             # re-scoring runs the LLM, whose sharded blocks need every rank: then all ranks discover; rank 0 writes
@@ -330,9 +333,7 @@ class SymbolLitModule(L.LightningModule):
             self.cycle.record(acc)
             if info.rollback_after_discovery and self.cycle.maybe_rollback(info.cycle, acc):
                 self.cycle.hand_over(self.model, self.symtok, dm)
-        if info.phase_end:  # after discovery, so the checkpoint holds the new symbols
-            path = self.out_dir / "checkpoints" / f"cycle{info.cycle}-{info.phase}-end.ckpt"
-            self.trainer.save_checkpoint(path, weights_only=False)
+        save_epoch_end(self.trainer, self.out_dir / "checkpoints", info.cycle, info.phase, info.phase_end)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -346,5 +347,4 @@ class SymbolLitModule(L.LightningModule):
         self.configure_model()
         self.strict_loading = False  # the checkpoint holds the trainable groups only
         self._resume_rng = load_training_state(self, checkpoint)
-        dm = getattr(self.trainer, "datamodule", None)
-        self.cycle.hand_over(self.model, self.symtok, dm)
+        self.cycle.hand_over(self.model, self.symtok, getattr(self.trainer, "datamodule", None))

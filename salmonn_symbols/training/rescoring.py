@@ -16,8 +16,9 @@
                   on every sample (what closed-set accuracy measures), the other labels' current symbols fixed;
                   couples every label's choice to the others'
                 generative (and always for multi-label datasets): the target cross-entropy on c's own samples
-    proposals likelihood: mean probability of every token at the symbol's p-th target position on c's samples,
-                  minus its mean on the other labels' samples (teacher-forced on the word)
+    proposals likelihood: at the symbol's first position, the mean probability of every token on c's samples
+                  minus that on the other labels' samples; at a later position, its mean probability on c's
+                  samples after the word's earlier tokens (a continuation follows its start, not the audio)
               gradient: −g·(v − e) for every token v, g = ∂loss/∂e at the symbol's p-th token embedding e on c's
                   samples (HotFlip / AutoPrompt)
 
@@ -312,9 +313,10 @@ class TaskLossScorer:
         if not mine:
             return self._probes.setdefault(key, (empty, empty))
         own_p, other_p = torch.cat(mine), torch.cat(others)
-        likelihood = [
-            (own_p[:, p].mean(0) - (other_p[:, p].mean(0) if len(other_p) else 0.0)).cpu() for p in range(len(ids))
-        ]
+        # the first token says which label it is: how much more likely for this label's audio than for others';
+        # a later token continues its word whatever the audio: how likely after the earlier tokens, for this audio
+        likelihood = [own_p[:, 0].mean(0) - (other_p[:, 0].mean(0) if len(other_p) else 0.0)]
+        likelihood = [x.cpu() for x in likelihood + [own_p[:, p].mean(0) for p in range(1, len(ids))]]
         first_order = empty
         if grads:
             g = torch.stack(grads).sum(0)  # (U, D)

@@ -2,8 +2,13 @@
 
     save:   trainable weights only (LoRA, symbol MLP; base weights stay in their own files)
             + symbols (the whole book) + best accuracy + W&B run id + model config
-            + RNG states (torch, CUDA, Python, NumPy) + sampler position (epoch, batches consumed)
+            + RNG states (torch, CUDA, Python, NumPy) + sampler position (epoch, batches consumed, epoch end?)
     load:   weights match this model ─► config check (model fields, label set) ─► book, RNG, sampler restored
+
+    when:   every N steps (never on an epoch's last batch) ─► last.ckpt
+            every epoch end, after validation and discovery ─► last.ckpt (+ cycleN-{lora,mlp}-end.ckpt at a
+            phase end), so last.ckpt is always the newest state and a resumed run never repeats or skips a
+            discovery
 
 Everything is tensors, lists and numbers, so checkpoints load with ``torch.load(weights_only=True)``.
 """
@@ -11,15 +16,25 @@ Everything is tensors, lists and numbers, so checkpoints load with ``torch.load(
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..io import atomic_write
 from ..model.checkpoint import trainable_state_dict
 
-__all__ = ["check_resume_config", "load_training_state", "rng_state", "save_training_state", "set_rng_state"]
+__all__ = [
+    "check_resume_config",
+    "load_training_state",
+    "rng_state",
+    "save_epoch_end",
+    "save_training_state",
+    "set_rng_state",
+]
 
 # model fields a resumed run may change: they do not alter what was learned
 IGNORED_ON_RESUME = ("llm_dtype", "gradient_checkpointing", "tokenizer_path")
@@ -67,12 +82,25 @@ def save_training_state(module, checkpoint: dict[str, Any]) -> None:
         # processed, not completed: a step checkpoint is taken before Lightning marks the batch completed, and a
         # resumed run continues after it
         "batches_done": module.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        "at_epoch_end": _in_epoch_end(module.trainer),
     }
 
 
+def _in_epoch_end(trainer) -> bool:
+    """Whether the training epoch's batches and validation are done and its end hooks are running."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    return epochs.processed > epochs.completed
+
+
 def load_training_state(module, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """Checks ``checkpoint`` against ``module`` and restores the book, best accuracy and W&B id; returns the RNG
-    state to apply when training starts, and hands the sampler position to the datamodule."""
+    """Checks ``checkpoint`` against ``module`` and restores the book, best accuracy and W&B id; hands the sampler
+    position to the datamodule. Returns the RNG state to apply when training starts, or None when it was applied
+    here.
+
+    A mid-epoch checkpoint continues inside its epoch, whose data iterator the resumed run re-creates before
+    training starts: its RNG state must be applied after that (on train start). An epoch-end checkpoint continues
+    with the next epoch, whose iterator the uninterrupted run also created after the checkpoint (it draws a seed
+    from the global generator): its RNG state is applied at once, so that draw happens again."""
     own = {f"model.{k}" for k in trainable_state_dict(module.model)}
     missing = sorted(own - set(checkpoint["state_dict"]))
     extra = sorted(set(checkpoint["state_dict"]) - own)
@@ -93,6 +121,9 @@ def load_training_state(module, checkpoint: dict[str, Any]) -> dict[str, Any] | 
     if dm is not None:
         # the position the training step consumed, not what prefetching workers had already drawn
         dm.resume_sampler(checkpoint.get("sampler"))
+    if checkpoint.get("sampler", {}).get("at_epoch_end"):
+        set_rng_state(checkpoint["rng"])
+        return None
     return checkpoint.get("rng")
 
 
@@ -113,3 +144,15 @@ def check_resume_config(checkpoint: dict[str, Any], model_cfg: dict[str, Any], l
             + "\n  ".join(diff)
             + "\nresume with the run's saved config.yaml, or start a new run_dir"
         )
+
+
+def save_epoch_end(trainer, folder: Path, cycle: int, phase: str, phase_end: bool) -> Path:
+    """Writes ``folder/last.ckpt`` at the end of an epoch and, at the end of a phase, a copy of it named
+    ``cycle{cycle}-{phase}-end.ckpt``. Call it after validation and discovery: the checkpoint then holds the
+    symbols they chose, and a run resumed from it continues with the next epoch. Returns the last.ckpt path."""
+    last = folder / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)
+    if phase_end and trainer.is_global_zero:
+        with open(last, "rb") as src:
+            atomic_write(folder / f"cycle{cycle}-{phase}-end.ckpt", lambda f: shutil.copyfileobj(src, f))
+    return last

@@ -71,12 +71,27 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
 def test_demo_runs_two_cycles_and_prints_the_evolution(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    demo = tmp_path / "runs" / "demo"
+    (demo / "discovery").mkdir(parents=True)  # an earlier demo run: running the demo again replaces it
+    (demo / "discovery" / "cycle_9_symbols.json").write_text("{}")
+    assert main(["demo", "--out", str(demo)]) == 0
     out = capsys.readouterr().out
-    run = sorted((tmp_path / "logs").glob("version_*"))[-1]
-    assert main(["validate-discovery", str(run / "discovery")]) == 0
     assert "cycle_2_symbols.json" in out and "label" in out and "cycle 2" in out
-    assert "validation accuracy" in out
+    assert "validation accuracy" in out and f"run finished: {demo}" in out
+    # the README's paths: the run's files directly in runs/demo, and the commands it shows on them
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.ckpt", "export/trainable.safetensors"):
+        assert (demo / name).is_file(), name
+    assert sorted(p.name for p in (demo / "discovery").iterdir()) == [
+        "cycle_1_symbols.json",
+        "cycle_1_tokens.json",
+        "cycle_2_symbols.json",
+        "cycle_2_tokens.json",
+    ]
+    summary = json.loads((demo / "summary.json").read_text())
+    assert summary["samples_per_s"] > 0 and summary["cycles"] == [0, 1, 2] and len(summary["symbols"]) == 10
+    assert main(["validate-discovery", str(demo / "discovery")]) == 0
+    assert main(["inspect", str(demo / "discovery"), "--no-png"]) == 0
+    assert "cycle 2" in capsys.readouterr().out
 
 
 def test_bench_reports_measured_figures(tmp_path, capsys):
@@ -141,6 +156,7 @@ def test_project_frame():
         "datasets",
         "soundfile",
         "safetensors",
+        "sentencepiece",
     ):
         assert any(d.startswith(name) for d in deps), name
     assert meta["project"]["scripts"]["salmonn-symbols"] == "salmonn_symbols.cli:main"
@@ -223,3 +239,28 @@ def test_scaling_bench_runs_ddp_at_each_device_count(tmp_path, capsys):
     assert sorted((r["devices"], r["cache"]) for r in res["runs"]) == [(1, False), (1, True), (2, False), (2, True)]
     assert all(r["samples_per_s"] > 0 for r in res["runs"])
     assert [r["scaling"] for r in res["runs"] if r["devices"] == 1] == [1.0, 1.0]
+
+
+def test_readme_commands_name_real_commands_and_options():
+    """Every ``salmonn-symbols ...`` line of the README names a command that exists, with options it accepts."""
+    import argparse
+    import importlib
+    import shlex
+
+    from salmonn_symbols.cli import COMMANDS
+
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [ln.split("  #")[0].strip() for b in blocks for ln in b.splitlines()]
+    commands = [shlex.split(ln) for ln in lines if ln.startswith("salmonn-symbols ")]
+    assert len(commands) >= 15
+    lightning = {"--config", "--run_dir", "--ckpt_path", "--checkpoint_every_n_steps", "--overwrite"}
+    for argv in commands:
+        assert argv[1] in COMMANDS, argv
+        module = importlib.import_module(COMMANDS[argv[1]][0])
+        if hasattr(module, "add_args"):
+            parser = argparse.ArgumentParser(prog=argv[1], exit_on_error=False)
+            module.add_args(parser)
+            parser.parse_args(argv[2:])
+        elif argv[1] == "fit":
+            keys = [a for a in argv[2:] if a.startswith("--")]
+            assert all(k in lightning or k.split(".")[0] in ("--model", "--data", "--trainer") for k in keys), argv

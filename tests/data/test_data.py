@@ -432,6 +432,20 @@ def test_check_data_reports_every_problem(tmp_path, capsys):
     assert "problems: 0" in capsys.readouterr().out
 
 
+def test_check_data_on_a_training_config_checks_every_task(tmp_path, capsys):
+    good = _task(tmp_path, {"train": _rows(tmp_path, 3)})
+    missing = tmp_path / "gone" / "task.yaml"
+    config = tmp_path / "train.yaml"  # what `salmonn-symbols fit --config` reads
+    config.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "data": {"tasks": [str(good), str(missing)]}}))
+    assert main(["check-data", str(config), "--workers", "1", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"{config}: data.tasks: task config not found: {missing}" in out
+    assert "samples: 3" in out and "problems: 1" in out and "emo/train/anger: 1" in out
+    config.write_text(yaml.safe_dump({"model": {}, "data": {"batch_size": 2}}))
+    assert main(["check-data", str(config)]) == 2
+    assert f"{config}: a training config without data.tasks" in capsys.readouterr().err
+
+
 def test_label_aliases_and_shipped_task_configs(tmp_path):
     from pathlib import Path
 
