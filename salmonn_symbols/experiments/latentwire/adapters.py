@@ -9,7 +9,8 @@
                  (Linear(H, k*H) + slot position) ─► encoder over the G*k slots ─► Linear(H, D)
                  (sees the whole message: the only adapter that can undo pooling or noise from context)
 
-Each adapter starts as the PCA-only reconstruction, so training can only move it from there.
+Each adapter starts as the PCA-only reconstruction, so training can only move it from there. The learned part reads
+whitened codes and writes in units of the embeddings' standard deviation.
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ class Adapter(nn.Module):
 
     def forward(self, wire: Wire, codes: torch.Tensor, gmask: torch.Tensor, length: int) -> torch.Tensor:
         """(B, length, D) reconstruction of (B, G, d) codes with (B, G) window mask."""
-        return wire.decode(codes, length) + self.residual(codes, gmask)[:, :length]
+        # the nets see whitened codes and speak in units of the embeddings' std (~0.1 for SmolLM2), so one
+        # optimiser step moves the reconstruction by a small fraction of an embedding, whatever the model
+        z = codes / wire.std.clamp(min=1e-6)
+        return wire.decode(codes, length) + wire.token_var**0.5 * self.residual(z, gmask)[:, :length]
 
 
 def build_adapter(wire: Wire, kind: str, hidden: int, layers: int, heads: int) -> Adapter:

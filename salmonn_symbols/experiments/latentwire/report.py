@@ -109,8 +109,15 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     body += ["## Wires", "", markdown_table(wires, ["ratio", "pool", "code dims", "PCA variance kept"]), ""]
     body += ["## Example generations (first seed)", ""]
     for label, exs in results["examples"].items():
-        body += [f"- **{label}**: " + "; ".join(f"{e['question']} gold `{e['gold']}` → `{e['answer']}`" for e in exs)]
+        body += [
+            f"- **{label}**: "
+            + "; ".join(f"{e['question']} gold `{e['gold']}` → `{_oneline(e['answer'])}`" for e in exs)
+        ]
     return "\n".join(head + body) + "\n"
+
+
+def _oneline(text: str) -> str:
+    return text.replace("\n", " ⏎ ").replace("`", "'")
 
 
 def plot_f1(summary: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

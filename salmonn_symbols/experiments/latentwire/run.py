@@ -230,9 +230,14 @@ def run(cfg: LatentWireConfig, out_dir: Path, preset: str | None = None) -> dict
             r.evaluate(s, _fixed_reconstruct(s, wire, r.llm.table), seed, {})
     results = r.write(complete=not trained)
     for i, seed in enumerate(cfg.seeds if trained else []):
+        start = time.perf_counter()
         for s in trained:
             module, info = _train(cfg, s, seed, r.wire(s.ratio, s.pool), r.llm, r.data, r.out)
             r.evaluate(s, lambda emb, mask, gen, m=module: m.reconstruct(emb, mask, gen), seed, info)
         results = r.write(complete=i == len(cfg.seeds) - 1)
+        spent, took = time.perf_counter() - r.t0, time.perf_counter() - start
+        if cfg.time_budget_s and i + 1 < len(cfg.seeds) and spent + took > cfg.time_budget_s:
+            print(f"time budget: stopping after {i + 1} seed(s) ({spent:.0f}s spent, {took:.0f}s per seed)")
+            break
     print(f"done in {results['seconds']:.0f}s")
     return results
