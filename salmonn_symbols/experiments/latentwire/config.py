@@ -82,15 +82,15 @@ class LatentWireConfig:
     noise_adapters: list[str] = field(default_factory=lambda: ["transformer"])
     mse_weight: float = 1.0
     ce_weight: float = 1.0
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 1e-3
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.0
     hidden: int = 512
     layers: int = 2
     heads: int = 8
     max_new_tokens: int = 12
-    eval_batch_size: int = 64
+    eval_batch_size: int = 128
     n_examples: int = 3
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     time_budget_s: float = 0.0

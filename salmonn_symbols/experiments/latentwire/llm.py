@@ -168,12 +168,10 @@ class FrozenLLM:
     def message_batch(self, items: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded message embeddings (B, L, D) float32 and their mask (B, L)."""
         n = max(len(e.message) for e in items)
-        emb = torch.zeros(len(items), n, self.table.shape[1], device=self.device)
-        mask = torch.zeros(len(items), n, dtype=torch.bool, device=self.device)
-        for i, e in enumerate(items):
-            emb[i, : len(e.message)] = self.embed(e.message)
-            mask[i, : len(e.message)] = True
-        return emb, mask
+        ids = torch.tensor([e.message + [0] * (n - len(e.message)) for e in items], device=self.device)  # (B, L)
+        mask = torch.tensor([[True] * len(e.message) + [False] * (n - len(e.message)) for e in items])
+        mask = mask.to(self.device)
+        return self.table[ids].float() * mask[..., None], mask
 
     def assemble(self, items: list[Encoded], messages: torch.Tensor, with_answer: bool) -> Batch:
         """Left-padded inputs: own embeddings of the template pieces around each message's wire reconstruction.
@@ -184,27 +182,27 @@ class FrozenLLM:
                 ``len(items[i].message)``).
             with_answer: Append the answer (teacher forcing) and score it.
         """
-        dtype = self.table.dtype
-        seqs, tgts = [], []
-        for i, e in enumerate(items):
-            parts = [self.embed(e.prefix), messages[i, : len(e.message)], self.embed(e.suffix)]
-            tgt = [-100] * (len(e.prefix) + len(e.message) + len(e.suffix))
-            if with_answer:
-                parts.append(self.embed(e.answer[:-1]))
-                tgt = tgt[:-1] + e.answer  # the last prompt position predicts the first answer token
-            seqs.append(torch.cat(parts).to(dtype))
-            tgts.append(tgt)
-        t = max(len(s) for s in seqs)
-        d = seqs[0].shape[1]
-        embeds = torch.zeros(len(seqs), t, d, dtype=dtype, device=self.device)
-        mask = torch.zeros(len(seqs), t, dtype=torch.long, device=self.device)
-        targets = torch.full((len(seqs), t), -100, dtype=torch.long, device=self.device)
-        for i, (s, tgt) in enumerate(zip(seqs, tgts, strict=True)):
-            embeds[i, t - len(s) :] = s
-            mask[i, t - len(s) :] = 1
-            targets[i, t - len(s) :] = torch.tensor(tgt, device=self.device)
+        rows, slots, tgts = [], [], []
+        for e in items:
+            answer = e.answer[:-1] if with_answer else []
+            rows.append(e.prefix + e.message + e.suffix + answer)  # message ids are placeholders, overwritten
+            slots.append([0] * len(e.prefix) + [1] * len(e.message) + [0] * (len(e.suffix) + len(answer)))
+            prompt = [-100] * (len(e.prefix) + len(e.message) + len(e.suffix))
+            tgts.append(prompt[:-1] + e.answer if with_answer else prompt)  # the prompt's end predicts the answer
+        t = max(len(r) for r in rows)
+
+        def left(xs: list[list[int]], fill: int) -> torch.Tensor:
+            return torch.tensor([[fill] * (t - len(x)) + x for x in xs], device=self.device)  # (B, T)
+
+        ids, slot = left(rows, 0), left(slots, 0).bool()
+        mask = left([[1] * len(r) for r in rows], 0)
+        lengths = torch.tensor([len(e.message) for e in items], device=self.device)
+        own = torch.arange(messages.shape[1], device=self.device) < lengths[:, None]  # (B, L)
+        # the message slots, row by row and in order, take the reconstruction's real positions in the same order
+        embeds = self.table[ids] * mask[..., None].to(self.table.dtype)  # (B, T, D), zeros on the padding
+        embeds = embeds.index_put(tuple(slot.nonzero().T), messages[own].to(self.table.dtype))
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        return Batch(embeds, mask, positions, targets)
+        return Batch(embeds, mask, positions, left(tgts, -100))
 
     def answer_nll(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer negative log-likelihood per question (B,) and the number of scored tokens (B,);
