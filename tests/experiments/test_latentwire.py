@@ -71,6 +71,8 @@ def test_pca_wire_snap_and_pooling():
     assert 0.2 < cos < 0.9 and 0 < w8.explained < 0.5  # 4 of 32 dims of isotropic rows keep little
     w8.set_vocabulary(table)
     assert torch.equal(w8.snap(codes, table)[mask], emb[mask])  # the trap: 4 numbers name a row of 500
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training and evaluation may run under bf16 autocast
+        assert torch.equal(w8.encode(emb, mask)[0], codes)  # the wire itself stays float32
     noisy = w8.snap(w8.add_noise(codes, 1.0, torch.Generator().manual_seed(1)), table)[mask]
     assert (noisy != emb[mask]).any(1).float().mean() > 0.2
     pooled = fit_wire(msgs, 1, 4, "mean")  # 4:1 mean pooling, all directions: each window decodes to its mean

@@ -70,9 +70,11 @@ class Wire(nn.Module):
         return win, m.any(2)
 
     def encode(self, emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (B, G, d) of (B, L, D) message embeddings, and the (B, G) window mask."""
-        win, gmask = self.windows(emb.float(), mask)
-        return (win - self.mean) @ self.components.T, gmask
+        """Codes (B, G, d) of (B, L, D) message embeddings, and the (B, G) window mask (float32 even under
+        autocast: a bf16 wire alone makes snapping miss tokens at 32x and 64x)."""
+        with _float32(emb):
+            win, gmask = self.windows(emb.float(), mask)
+            return (win - self.mean) @ self.components.T, gmask
 
     def add_noise(self, codes: torch.Tensor, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Codes plus Gaussian noise of ``level`` times each dimension's training std."""
@@ -83,7 +85,8 @@ class Wire(nn.Module):
 
     def decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
         """PCA inverse: (B, G, d) codes to (B, length, D) token embeddings (a window's mean fills its k slots)."""
-        win = codes @ self.components + self.mean  # (B, G, P)
+        with _float32(codes):
+            win = codes.float() @ self.components + self.mean  # (B, G, P)
         b, g, _ = win.shape
         if self.mode == "mean":
             tokens = win[:, :, None, :].expand(b, g, self.k, self.dim)
@@ -95,17 +98,24 @@ class Wire(nn.Module):
         """Codes of every vocabulary row (V, d), for snapping; per-token wires only."""
         if self.k != 1:
             raise ValueError("snapping needs a per-token wire (k = 1)")
-        self.vocab_codes = (table.float() - self.mean) @ self.components.T
+        with _float32(table):
+            self.vocab_codes = (table.float() - self.mean) @ self.components.T
 
     @torch.no_grad()
     def snap(self, codes: torch.Tensor, table: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Each (B, L, d) code replaced by the embedding of the vocabulary row with the nearest code (B, L, D)."""
         if self.vocab_codes.numel() == 0:
             raise RuntimeError("call set_vocabulary(table) before snap")
-        flat = codes.reshape(-1, codes.shape[-1])  # (N, d)
+        flat = codes.reshape(-1, codes.shape[-1]).float()  # (N, d)
         sq = (self.vocab_codes**2).sum(1)  # (V,)
-        ids = torch.cat([(sq - 2 * part @ self.vocab_codes.T).argmin(1) for part in flat.split(chunk)])  # (N,)
+        with _float32(codes):
+            ids = torch.cat([(sq - 2 * part @ self.vocab_codes.T).argmin(1) for part in flat.split(chunk)])  # (N,)
         return table[ids].float().view(*codes.shape[:-1], table.shape[1])
+
+
+def _float32(t: torch.Tensor) -> torch.autocast:
+    """A context where autocast is off on ``t``'s device: the wire computes in float32."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 @torch.no_grad()
