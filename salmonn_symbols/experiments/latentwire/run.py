@@ -107,12 +107,13 @@ def _train(
     mse = cfg.mse_weight if (ce > 0 or cfg.mse_weight > 0) else 1.0  # the MSE-only arm always has an MSE
     module = WireModule(wire, adapter, llm, mse, ce, s.noise, cfg.lr, cfg.weight_decay, cfg.steps)
     val = question_loader(data["val"], cfg.eval_batch_size, None) if data["val"] else None
+    loggers = make_loggers(out, f"{s.label()}-s{seed}", wandb=cfg.wandb, project="latentwire")
     trainer = L.Trainer(
         max_steps=cfg.steps,
         accelerator="gpu" if llm.device.type == "cuda" else "cpu",
         devices=1,
         precision=cfg.precision,
-        logger=make_loggers(out, f"{s.label()}-s{seed}", wandb=cfg.wandb, project="latentwire"),
+        logger=loggers,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -126,6 +127,8 @@ def _train(
     module.train()  # a wire shared with an evaluated arm may be in eval mode
     trainer.fit(module, question_loader(data["train"], cfg.batch_size, seed), val)
     info = {"train_seconds": time.perf_counter() - start}
+    for logger in loggers[1:]:  # W&B: one run per arm and seed, not one run for the whole experiment
+        logger.experiment.finish()
     info |= {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
     module.to(llm.device).eval()  # Lightning's teardown leaves the module on the CPU
     return module, info
