@@ -35,7 +35,7 @@ class LatentWireConfig:
         arms: Which arms run: full, snap, pca, adapter_mse, adapter_mse_ce.
         ratios: Per-token compression ratios (D / code width).
         token_adapters: Adapters of the per-token arms (linear, mlp, transformer).
-        pools: Sequence pooling factors k (k token vectors into one wire vector).
+        pools: Sequence pooling factors k (k token vectors into one wire vector; transformer adapter).
         pool_ratio: Compression ratio per wire vector of the pooled arms.
         pool_mode: "mean" (mean of the k embeddings) or "concat" (their concatenation) before PCA.
         noise_levels: Wire noise (std in units of each code dimension's std) for the noise arms.

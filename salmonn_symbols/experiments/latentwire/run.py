@@ -42,12 +42,9 @@ class Setting:
     pool: int
     noise: float
 
-    @property
-    def trained(self) -> bool:
-        return self.arm.startswith("adapter")
-
     def label(self) -> str:
-        return f"{self.arm}-{self.adapter}-r{self.ratio}-k{self.pool}-n{self.noise:g}"
+        arm = self.arm if self.adapter == "-" else f"{self.arm}-{self.adapter}"
+        return f"{arm}-r{self.ratio}-k{self.pool}-n{self.noise:g}"
 
     def record(self) -> dict[str, Any]:
         keys = {"arm": self.arm, "adapter": self.adapter, "ratio": self.ratio, "pool": self.pool}
