@@ -48,7 +48,8 @@ class LatentWireConfig:
         n_examples: Example generations kept per arm.
         seeds: Seeds of the trained arms (adapter init, batch order, wire noise).
         time_budget_s: When > 0, no further seed starts once the elapsed time plus the last seed's time would
-            pass it (results of finished seeds are kept; ``complete`` is false in results.json). 0: no limit.
+            pass it, and no further arm once the elapsed time has passed it (what was measured is kept;
+            ``complete`` is false in results.json). 0: no limit.
         device: "auto", "cpu" or "cuda".
         precision: Lightning precision of training (e.g. "32-true", "bf16-mixed"); evaluation uses the same.
         wandb: Also log to W&B (offline unless an API key is set).

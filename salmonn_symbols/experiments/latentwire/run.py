@@ -231,7 +231,10 @@ def run(cfg: LatentWireConfig, out_dir: Path, preset: str | None = None) -> dict
     results = r.write(complete=not trained)
     for i, seed in enumerate(cfg.seeds if trained else []):
         start = time.perf_counter()
-        for s in trained:
+        for j, s in enumerate(trained):
+            if cfg.time_budget_s and time.perf_counter() - r.t0 > cfg.time_budget_s:
+                print(f"time budget: seed {seed} stopped before {len(trained) - j} of its settings")
+                return r.write(complete=False)
             module, info = _train(cfg, s, seed, r.wire(s.ratio, s.pool), r.llm, r.data, r.out)
             r.evaluate(s, lambda emb, mask, gen, m=module: m.reconstruct(emb, mask, gen), seed, info)
         results = r.write(complete=i == len(cfg.seeds) - 1)
