@@ -194,3 +194,21 @@ def test_evaluation_of_the_full_arm_is_deterministic(tiny, dataset):
     b, _ = evaluate_arm(tiny, items, lambda e, m, g: e, 0.01, 3, 3)  # other batch size, same numbers
     assert a["nll"] == pytest.approx(b["nll"], abs=1e-4) and a["cosine"] == pytest.approx(1.0)
     assert a["f1"] == b["f1"] and a["nmse"] == 0.0
+
+
+@pytest.mark.slow
+def test_smollm2_answers_and_snaps_back_from_64x(tmp_path):
+    """The GPU run's path on the CPU: SmolLM2-135M-Instruct from the packaged GGUF, the task read back from a
+    file, bf16 autocast; the real model answers held-out questions and snapping 9 numbers per token keeps them."""
+    data = tmp_path / "data.json"
+    cfg, _, _ = parse_experiment_args(EXP, ["--preset", "full", "--export_data", str(data)])
+    run(cfg, tmp_path)
+    keys = ["--preset", "full", "--data_file", str(data), "--max_train", "64", "--max_test", "8", "--ratios", "[64]"]
+    keys += ["--arms", "[full, snap, pca]", "--pools", "[]", "--noise_levels", "[]", "--eval_batch_size", "8"]
+    cfg, _, _ = parse_experiment_args(EXP, keys)
+    res = run(cfg, tmp_path)
+    full, snap, pca = (_row(res, arm=a) for a in ("full", "snap", "pca"))
+    assert res["llm"]["dim"] == 576 and res["config"]["precision"] == "bf16-mixed"
+    assert full["f1_mean"] >= 0.5 and snap["f1_mean"] == full["f1_mean"] and snap["cosine_mean"] > 0.9999
+    assert res["examples"]["snap-r64-k1-n0"] == res["examples"]["full-r1-k1-n0"]
+    assert pca["cosine_mean"] < 0.8 and pca["nll_mean"] > full["nll_mean"] + 1  # the PCA inverse alone fails at 64x
