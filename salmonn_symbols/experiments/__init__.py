@@ -15,6 +15,7 @@ __all__ = ["EXPERIMENTS", "load_experiment"]
 # command name -> module whose EXPERIMENT attribute describes it
 EXPERIMENTS: dict[str, str] = {
     "learned-encoding": "salmonn_symbols.experiments.learned_encoding",
+    "latentwire": "salmonn_symbols.experiments.latentwire",
 }
 
 
