@@ -13,7 +13,9 @@ from .common import Experiment
 __all__ = ["EXPERIMENTS", "load_experiment"]
 
 # command name -> module whose EXPERIMENT attribute describes it
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "rewa": "salmonn_symbols.experiments.rewa",
+}
 
 
 def load_experiment(name: str) -> Experiment:
