@@ -70,23 +70,35 @@ class RewaConfig:
     pq_proj_factor: int = 4
     # FAISS
     opq_iters: int = 20
+    kmeans_iters: int = 25
     faiss_train_max: int = 50000
     threads: int = 0
 
 
 PRESETS: dict[str, dict] = {
-    # CPU, under 2 minutes: the seed's synthetic set (768 dims, 50 classes), held out
+    # CPU, under 2 minutes: the seed's synthetic set (768 dims, 50 classes), held out; one thread, because
+    # FAISS's OpenMP threads stall on a busy 2-core machine
     "quick": {
         "datasets": ["synthetic"],
-        "synthetic_n": 4000,
-        "n_queries": 200,
-        "steps": 150,
-        "batch_size": 256,
-        "opq_iters": 4,
-        "faiss_train_max": 2000,
+        "synthetic_n": 3000,
+        "n_queries": 150,
+        "steps": 80,
+        "batch_size": 128,
+        "opq_iters": 2,
+        "kmeans_iters": 10,
+        "faiss_train_max": 1500,
+        "threads": 1,
     },
-    # the GPU run: the synthetic set at the seed's size (5,000 train) and the stdlib corpus through MiniLM
-    "full": {"datasets": ["synthetic", "stdlib"]},
+    # the GPU run: MiniLM embeddings of the stdlib's prose (about 38k passages)
+    "full": {
+        "datasets": ["stdlib"],
+        "heldout_fraction": 0.4,
+        "n_queries": 1000,
+        "steps": 1500,
+        "batch_size": 1024,
+        "opq_iters": 10,
+        "faiss_train_max": 10000,
+    },
 }
 
 
@@ -116,6 +128,8 @@ def validate(cfg: RewaConfig) -> None:
         "embed_dtype": cfg.embed_dtype in ("auto", "float16", "float32"),
         "rank_arch": cfg.rank_arch in ("linear", "mlp"),
         "pq_proj_factor": cfg.pq_proj_factor >= 1,
+        "opq_iters": cfg.opq_iters >= 1,
+        "kmeans_iters": cfg.kmeans_iters >= 1,
     }
     for key, ok in checks.items():
         if not ok:

@@ -77,16 +77,18 @@ def _quiet(cp) -> None:
     cp.min_points_per_centroid = 1
 
 
-def _pq(dim: int, m: int, setting: str) -> faiss.IndexPQ:
+def _pq(dim: int, m: int, setting: str, kmeans_iters: int) -> faiss.IndexPQ:
     if dim % m:
         raise ValueError(f"{setting}: {dim} dims cannot be split into {m} PQ sub-vectors (need dim % bytes == 0)")
     index = faiss.IndexPQ(dim, m, 8, _IP)
     _quiet(index.pq.cp)
+    index.pq.cp.niter = kmeans_iters
     return index
 
 
-def faiss_index(name: str, dim: int, budget: int | None, opq_iters: int) -> CodecIndex:
-    """A FAISS baseline on the full vectors: "exact", "sq_fp16", "sq_int8", "pq" or "opq_pq" (with ``budget``)."""
+def faiss_index(name: str, dim: int, budget: int | None, opq_iters: int = 10, kmeans_iters: int = 25) -> CodecIndex:
+    """A FAISS baseline on the full vectors: "exact", "sq_fp16", "sq_int8", "pq" or "opq_pq" (with ``budget``
+    bytes); ``opq_iters`` OPQ alternations, ``kmeans_iters`` k-means iterations per PQ training."""
     if name == "exact":
         return CodecIndex(name, 4 * dim, faiss.IndexFlatIP(dim), size=f"{dim} dims float32")
     if name == "sq_fp16":
@@ -98,11 +100,12 @@ def faiss_index(name: str, dim: int, budget: int | None, opq_iters: int) -> Code
             name, dim, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, _IP), size=f"{dim} dims int8"
         )
     if name == "pq":
-        return CodecIndex(name, budget, _pq(dim, budget, "pq"), size=f"{budget}x8-bit PQ")
+        return CodecIndex(name, budget, _pq(dim, budget, "pq", kmeans_iters), size=f"{budget}x8-bit PQ")
     if name == "opq_pq":
-        pq = _pq(dim, budget, "opq_pq")
+        pq = _pq(dim, budget, "opq_pq", kmeans_iters)
         opq = faiss.OPQMatrix(dim, budget)
         opq.niter = opq_iters
+        opq.niter_pq_0 = kmeans_iters
         opq.pq = pq.pq  # OPQ alternates with this PQ (quiet clustering settings); IndexPQ retrains it after
         index = faiss.IndexPreTransform(opq, pq)
         return CodecIndex(name, budget, index, size=f"OPQ + {budget}x8-bit PQ")
@@ -120,7 +123,9 @@ def _torch_encoder(module: nn.Module, batch: int = 65536) -> Callable[[np.ndarra
     return encode
 
 
-def projected_index(name: str, encoder: nn.Module, out_dim: int, storage: str, budget: int | None = None) -> CodecIndex:
+def projected_index(
+    name: str, encoder: nn.Module, out_dim: int, storage: str, budget: int | None = None, kmeans_iters: int = 25
+) -> CodecIndex:
     """An index over an encoder's outputs.
 
     Args:
@@ -129,6 +134,7 @@ def projected_index(name: str, encoder: nn.Module, out_dim: int, storage: str, b
         out_dim: Its output size (dims, or bits for "binary").
         storage: "int8" (one byte per dim), "float32", "pq" (``budget`` sub-quantisers) or "binary".
         budget: Bytes per vector for "pq".
+        kmeans_iters: k-means iterations of the PQ training.
     """
     if storage == "binary":
         return CodecIndex(name, out_dim / 8, faiss.IndexBinaryFlat(out_dim), encoder.pack, size=f"{out_dim} bits")
@@ -139,6 +145,6 @@ def projected_index(name: str, encoder: nn.Module, out_dim: int, storage: str, b
     if storage == "float32":
         return CodecIndex(name, 4 * out_dim, faiss.IndexFlatIP(out_dim), encode, size=f"{out_dim} dims float32")
     if storage == "pq":
-        index = _pq(out_dim, budget, f"{name} ({out_dim} dims)")
+        index = _pq(out_dim, budget, f"{name} ({out_dim} dims)", kmeans_iters)
         return CodecIndex(name, budget, index, encode, size=f"{out_dim} dims -> {budget}x8-bit PQ")
     raise ValueError(f"unknown storage {storage!r}")

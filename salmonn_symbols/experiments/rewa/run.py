@@ -95,11 +95,11 @@ def _indexes(cfg: RewaConfig, dim: int, seed: int, learned: dict, train_s: dict)
     """Yields (index, budget, train seconds) for every method × budget asked for."""
     for name in REFERENCE:
         if name in cfg.methods:
-            yield faiss_index(name, dim, None, cfg.opq_iters), None, 0.0
+            yield faiss_index(name, dim, None), None, 0.0
     for b in cfg.budgets:
         for name in ("pq", "opq_pq"):
             if name in cfg.methods:
-                yield faiss_index(name, dim, b, cfg.opq_iters), b, 0.0
+                yield faiss_index(name, dim, b, cfg.opq_iters, cfg.kmeans_iters), b, 0.0
         if "binary_rewa" in cfg.methods:
             yield projected_index("binary_rewa", SignRandomProjection(dim, 8 * b, seed), 8 * b, "binary"), b, 0.0
         if "random_hadamard" in cfg.methods:
@@ -109,7 +109,7 @@ def _indexes(cfg: RewaConfig, dim: int, seed: int, learned: dict, train_s: dict)
                 yield projected_index(name, learned[name][str(b)], b, "int8"), b, train_s[name]
         if "learned_rank_pq" in cfg.methods:
             head, p = learned["learned_rank"][f"pq{b}"], _pq_dims(cfg, dim, b)
-            yield projected_index("learned_rank_pq", head, p, "pq", b), b, train_s["learned_rank"]
+            yield projected_index("learned_rank_pq", head, p, "pq", b, cfg.kmeans_iters), b, train_s["learned_rank"]
     if cfg.seed_settings:
         yield from _seed_indexes(cfg, dim, seed, learned, train_s)
 
@@ -151,7 +151,9 @@ def run_seed(dataset: str, vectors: np.ndarray, labels, seed: int, cfg: RewaConf
     """Every method × budget on one seed's split of one dataset; one record each."""
     seed_everything(seed)
     split = make_split(vectors, labels, cfg.heldout_fraction, cfg.n_queries, seed)
+    t0 = time.perf_counter()
     learned, train_s = _train_learned(dataset, split, seed, cfg, device, out_dir)
+    print(f"  {dataset} seed {seed}: trained {sorted(train_s)} in {time.perf_counter() - t0:.1f} s", flush=True)
     rng = np.random.default_rng(seed)
     fit_rows = split.train[rng.permutation(len(split.train))[: cfg.faiss_train_max]]
     truths = {
@@ -170,6 +172,8 @@ def run_seed(dataset: str, vectors: np.ndarray, labels, seed: int, cfg: RewaConf
             f"{row['recall']:.3f}  reranked {row['recall_rerank']:.3f}  train {row['train_recall']:.3f}",
             flush=True,
         )
+    fit_s = sum(r["fit_s"] for r in records)
+    print(f"  {dataset} seed {seed}: {time.perf_counter() - t0:.1f} s in all, {fit_s:.1f} s fitting indexes", flush=True)
     return records
 
 
