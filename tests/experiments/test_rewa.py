@@ -15,6 +15,7 @@ from salmonn_symbols.experiments.rewa.corpus import build_corpus, extract_passag
 from salmonn_symbols.experiments.rewa.data import make_split
 from salmonn_symbols.experiments.rewa.encoders import RandomHadamard, SignRandomProjection
 from salmonn_symbols.experiments.rewa.evaluate import recall_at_k, rerank
+from salmonn_symbols.experiments.rewa.run import TimeBudget
 from salmonn_symbols.experiments.rewa.training import rank_distillation
 
 EXP = load_experiment("rewa")
@@ -124,6 +125,17 @@ def test_config_errors_name_the_key():
         check_dim(RewaConfig(budgets=[1000]), 768, "synthetic")
     with pytest.raises(ValueError, match="divisible"):
         check_dim(RewaConfig(budgets=[40]), 768, "synthetic")
+
+
+def test_time_budget_cuts_work_that_took_too_long_before():
+    clock = TimeBudget(60)
+    assert clock.allows("seed", dataset="d", seed=0)  # nothing measured yet
+    clock.took |= {"seed": 50.0, "learned_mlp": 45.0, "indexes": 20.0}
+    assert clock.allows("seed", dataset="d", seed=1) and not clock.allows("learned_mlp", "indexes", dataset="d", seed=1)
+    clock.took["seed"] = 100.0
+    assert not clock.allows("seed", dataset="d", seed=2)
+    assert [c["what"] for c in clock.cut] == ["learned_mlp", "seed"] and clock.cut[1]["seed"] == 2
+    assert TimeBudget(0).allows("seed", dataset="d", seed=0)  # 0: no limit
 
 
 # ------------------------------------------------------------------------------------------------ quick preset

@@ -131,6 +131,12 @@ def report_markdown(summary: list[dict], targets: list[dict], datasets: dict, cf
             lines += ["", f"### {dataset}: targets", ""]
             trows = [t | {"met": "met" if t["met"] else "missed"} for t in trows]
             lines.append(markdown_table(trows, ["method", "target", "value", "threshold", "met"]))
+    cut = header.get("cut") or []
+    lines += [
+        "",
+        f"Not started for the time budget ({cfg.time_budget_s:g} s): "
+        + (", ".join(f"{c['what']} ({c['dataset']}, seed {c['seed']})" for c in cut) or "none"),
+    ]
     return "\n".join(lines) + "\n"
 
 

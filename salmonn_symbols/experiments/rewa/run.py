@@ -31,6 +31,25 @@ __all__ = ["run"]
 _SUMMARY_BY = ["dataset", "method", "budget", "bytes", "size"]
 
 
+class TimeBudget:
+    """Stops starting work that, judged by what the same work took for the previous seed, would end more than
+    ``seconds`` after the start (0: no limit). What is not started is listed in ``cut``."""
+
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds if seconds > 0 else float("inf")
+        self.took: dict[str, float] = {}
+        self.cut: list[dict] = []
+
+    def allows(self, what: str, plus: str | None = None, **where) -> bool:
+        """Whether ``what`` (and then ``plus``) fits in the time left; records a cut when not."""
+        need = self.took.get(what, 0.0) + (self.took.get(plus, 0.0) if plus else 0.0)
+        if time.perf_counter() + need <= self.end:
+            return True
+        self.cut.append({"what": what, **where, "needs_s": need})
+        print(f"  time budget: not starting {what} {where} (needs ~{need:.0f} s)", flush=True)
+        return False
+
+
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,16 +64,10 @@ def _pq_dims(cfg: RewaConfig, dim: int, budget: int) -> int:
 
 
 def _learned_plan(cfg: RewaConfig, dim: int, seed: int) -> dict[str, tuple[str, dict]]:
-    """Variant -> (loss, heads) of the learned methods asked for; heads are named by output size or role."""
+    """Variant -> (loss, heads) of the learned methods asked for, most important first; heads are named by
+    output size or role."""
     plan = {}
     s = seed * 1000
-    if "learned_linear" in cfg.methods:
-        plan["learned_linear"] = ("infonce", {str(b): LinearProjection(dim, b, s + b) for b in cfg.budgets})
-    if "learned_mlp" in cfg.methods:
-        heads = {str(b): MLPProjection(dim, b, cfg.hidden_dim, s + b) for b in cfg.budgets}
-        if cfg.seed_settings:
-            heads["seed"] = MLPProjection(dim, cfg.seed_dims, cfg.hidden_dim, s + 999)
-        plan["learned_mlp"] = ("infonce", heads)
     rank_heads = {}
     if "learned_rank" in cfg.methods:
         rank_heads = {str(b): make_learned(cfg.rank_arch, dim, b, cfg.hidden_dim, s + b) for b in cfg.budgets}
@@ -63,11 +76,21 @@ def _learned_plan(cfg: RewaConfig, dim: int, seed: int) -> dict[str, tuple[str, 
             rank_heads[f"pq{b}"] = make_learned(cfg.rank_arch, dim, _pq_dims(cfg, dim, b), cfg.hidden_dim, s + 500 + b)
     if rank_heads:
         plan["learned_rank"] = ("rank", rank_heads)
+    if "learned_mlp" in cfg.methods:
+        heads = {str(b): MLPProjection(dim, b, cfg.hidden_dim, s + b) for b in cfg.budgets}
+        if cfg.seed_settings:
+            heads["seed"] = MLPProjection(dim, cfg.seed_dims, cfg.hidden_dim, s + 999)
+        plan["learned_mlp"] = ("infonce", heads)
+    if "learned_linear" in cfg.methods:
+        plan["learned_linear"] = ("infonce", {str(b): LinearProjection(dim, b, s + b) for b in cfg.budgets})
     return plan
 
 
-def _train_learned(dataset: str, split: Split, seed: int, cfg: RewaConfig, device: str, out_dir: Path) -> tuple:
-    """Trains every learned variant on the train part; returns (variant -> head name -> module, seconds)."""
+def _train_learned(
+    dataset: str, split: Split, seed: int, cfg: RewaConfig, device: str, out_dir: Path, clock: TimeBudget
+) -> tuple:
+    """Trains every learned variant on the train part (the InfoNCE ones only while the time budget allows);
+    returns (variant -> head name -> module, seconds)."""
     from ..common import make_loggers
 
     dim = split.vectors.shape[1]
@@ -80,6 +103,8 @@ def _train_learned(dataset: str, split: Split, seed: int, cfg: RewaConfig, devic
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     trained, seconds = {}, {}
     for variant, (loss, heads) in plan.items():
+        if variant != "learned_rank" and not clock.allows(variant, "indexes", dataset=dataset, seed=seed):
+            continue
         seed_everything(seed)
         loggers = make_loggers(out_dir, f"{dataset}_{variant}_seed{seed}", cfg.wandb)
         trained[variant], seconds[variant] = fit_heads(
@@ -88,6 +113,7 @@ def _train_learned(dataset: str, split: Split, seed: int, cfg: RewaConfig, devic
         for logger in loggers:
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
                 logger.experiment.finish()  # one W&B run per trained variant
+        clock.took[variant] = seconds[variant]
     return trained, seconds
 
 
@@ -105,7 +131,7 @@ def _indexes(cfg: RewaConfig, dim: int, seed: int, learned: dict, train_s: dict)
         if "random_hadamard" in cfg.methods:
             yield projected_index("random_hadamard", RandomHadamard(dim, b, seed), b, "int8"), b, 0.0
         for name in ("learned_linear", "learned_mlp", "learned_rank"):
-            if name in cfg.methods:
+            if name in cfg.methods and name in learned:
                 yield projected_index(name, learned[name][str(b)], b, "int8"), b, train_s[name]
         if "learned_rank_pq" in cfg.methods:
             head, p = learned["learned_rank"][f"pq{b}"], _pq_dims(cfg, dim, b)
@@ -122,7 +148,7 @@ def _seed_indexes(cfg: RewaConfig, dim: int, seed: int, learned: dict, train_s: 
     if "random_hadamard" in cfg.methods:
         enc = RandomHadamard(dim, cfg.seed_dims, seed)
         yield projected_index("seed:random_hadamard", enc, cfg.seed_dims, "float32"), None, 0.0
-    if "learned_mlp" in cfg.methods:
+    if "learned_mlp" in cfg.methods and "learned_mlp" in learned:
         head = learned["learned_mlp"]["seed"]
         yield projected_index("seed:learned_mlp", head, cfg.seed_dims, "float32"), None, train_s["learned_mlp"]
 
@@ -147,12 +173,22 @@ def _score(index: CodecIndex, split: Split, cfg: RewaConfig, truths: dict) -> di
     return out
 
 
-def run_seed(dataset: str, vectors: np.ndarray, labels, seed: int, cfg: RewaConfig, device: str, out_dir: Path) -> list:
+def run_seed(
+    dataset: str,
+    vectors: np.ndarray,
+    labels,
+    seed: int,
+    cfg: RewaConfig,
+    device: str,
+    out_dir: Path,
+    clock: TimeBudget,
+) -> list:
     """Every method × budget on one seed's split of one dataset; one record each."""
     seed_everything(seed)
     split = make_split(vectors, labels, cfg.heldout_fraction, cfg.n_queries, seed)
     t0 = time.perf_counter()
-    learned, train_s = _train_learned(dataset, split, seed, cfg, device, out_dir)
+    learned, train_s = _train_learned(dataset, split, seed, cfg, device, out_dir, clock)
+    t1 = time.perf_counter()
     print(f"  {dataset} seed {seed}: trained {sorted(train_s)} in {time.perf_counter() - t0:.1f} s", flush=True)
     rng = np.random.default_rng(seed)
     fit_rows = split.train[rng.permutation(len(split.train))[: cfg.faiss_train_max]]
@@ -161,10 +197,10 @@ def run_seed(dataset: str, vectors: np.ndarray, labels, seed: int, cfg: RewaConf
         "train_": _truth(split, split.train_queries, split.train_database, cfg.k),
     }
     records = []
-    for index, budget, seconds in _indexes(cfg, vectors.shape[1], seed, learned, train_s):
+    for index, nbytes, seconds in _indexes(cfg, vectors.shape[1], seed, learned, train_s):
         fit_s = index.fit(vectors[fit_rows])
         row = {"dataset": dataset, "seed": seed, "method": index.name, "size": index.size}
-        row |= {"budget": budget, "bytes": index.bytes_per_vector, "fit_s": fit_s, "train_s": seconds}
+        row |= {"budget": nbytes, "bytes": index.bytes_per_vector, "fit_s": fit_s, "train_s": seconds}
         row |= _score(index, split, cfg, truths)
         records.append(row)
         print(
@@ -172,8 +208,12 @@ def run_seed(dataset: str, vectors: np.ndarray, labels, seed: int, cfg: RewaConf
             f"{row['recall']:.3f}  reranked {row['recall_rerank']:.3f}  train {row['train_recall']:.3f}",
             flush=True,
         )
+    clock.took["indexes"] = time.perf_counter() - t1
+    clock.took["seed"] = time.perf_counter() - t0 - sum(v for k, v in train_s.items() if k != "learned_rank")
     fit_s = sum(r["fit_s"] for r in records)
-    print(f"  {dataset} seed {seed}: {time.perf_counter() - t0:.1f} s in all, {fit_s:.1f} s fitting indexes", flush=True)
+    print(
+        f"  {dataset} seed {seed}: {time.perf_counter() - t0:.1f} s in all, {fit_s:.1f} s fitting indexes", flush=True
+    )
     return records
 
 
@@ -188,6 +228,7 @@ def run(cfg: RewaConfig, out_dir: Path) -> dict:
     device = _device(cfg.device)
     out_dir = Path(out_dir)
     start = time.perf_counter()
+    clock = TimeBudget(cfg.time_budget_s)
     records, datasets = [], {}
     for name in cfg.datasets:
         t0 = time.perf_counter()
@@ -197,11 +238,11 @@ def run(cfg: RewaConfig, out_dir: Path) -> dict:
         print(
             f"dataset {name}: {vectors.shape[0]} vectors of {vectors.shape[1]} dims ({datasets[name]['load_s']:.1f} s)"
         )
+        clock.took.pop("seed", None)  # a new dataset: no estimate yet
         for seed in cfg.seeds:
-            records += run_seed(name, vectors, labels, seed, cfg, device, out_dir)
-            datasets[name]["split_sizes"] = make_split(
-                vectors, labels, cfg.heldout_fraction, cfg.n_queries, seed
-            ).sizes()
+            if clock.allows("seed", dataset=name, seed=seed):
+                records += run_seed(name, vectors, labels, seed, cfg, device, out_dir, clock)
+        datasets[name]["split_sizes"] = make_split(vectors, labels, cfg.heldout_fraction, cfg.n_queries, 0).sizes()
     summary = summarize(records, _SUMMARY_BY, METRICS)
     targets = target_checks(records, cfg)
     results = results_header("rewa", cfg) | {
@@ -209,6 +250,7 @@ def run(cfg: RewaConfig, out_dir: Path) -> dict:
         "records": records,
         "summary": summary,
         "targets": targets,
+        "cut": clock.cut,
         "wall_s": time.perf_counter() - start,
     }
     write_results(out_dir, results)
