@@ -137,7 +137,7 @@ def projected_index(
         kmeans_iters: k-means iterations of the PQ training.
     """
     if storage == "binary":
-        return CodecIndex(name, out_dim / 8, faiss.IndexBinaryFlat(out_dim), encoder.pack, size=f"{out_dim} bits")
+        return CodecIndex(name, out_dim // 8, faiss.IndexBinaryFlat(out_dim), encoder.pack, size=f"{out_dim} bits")
     encode = _torch_encoder(encoder)
     if storage == "int8":
         index = faiss.IndexScalarQuantizer(out_dim, faiss.ScalarQuantizer.QT_8bit, _IP)

@@ -31,6 +31,20 @@ METRICS = [
 ]
 _COLUMNS = ["method", "size", "bytes", "recall", "recall_rerank", "train_recall", "gap"]
 _TIMES = ["encode_ms_per_1k", "search_ms_per_1k"]
+# one colour per encoder family; the seed's settings share their family's colour with a diamond marker
+_COLOURS = {
+    "exact": "black",
+    "sq_fp16": "dimgray",
+    "sq_int8": "darkgray",
+    "pq": "tab:red",
+    "opq_pq": "tab:purple",
+    "binary_rewa": "tab:brown",
+    "random_hadamard": "tab:pink",
+    "learned_linear": "tab:olive",
+    "learned_mlp": "tab:orange",
+    "learned_rank": "tab:cyan",
+    "learned_rank_pq": "tab:blue",
+}
 
 
 def _by(records: list[dict], dataset: str, method: str, budget) -> dict[int, dict]:
@@ -149,17 +163,18 @@ def plot_recall(summary: list[dict], k: int, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(9.5 * len(datasets), 5.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         lines = defaultdict(list)
         for r in summary:
             if r["dataset"] == dataset:
                 lines[r["method"]].append(r)
-        for i, (method, rows) in enumerate(lines.items()):
+        for method, rows in lines.items():
             rows = sorted(rows, key=lambda r: r["bytes"])
             x = [r["bytes"] for r in rows]
-            colour = f"C{i % 10}"
-            style = {"marker": "o" if len(rows) > 1 else "s", "color": colour, "capsize": 3}
+            family = method.removeprefix("seed:")
+            marker = "D" if method.startswith("seed:") else ("o" if len(rows) > 1 else "s")
+            style = {"marker": marker, "color": _COLOURS.get(family, "gray"), "capsize": 3}
             ax.errorbar(x, [r["recall_mean"] for r in rows], [r["recall_std"] for r in rows], label=method, **style)
             ax.errorbar(
                 x,
@@ -175,7 +190,7 @@ def plot_recall(summary: list[dict], k: int, path: str | Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.set_title(dataset)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
 
     def write(f):
