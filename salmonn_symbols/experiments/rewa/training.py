@@ -67,7 +67,7 @@ class BatchSampler(IterableDataset):
             anchors = torch.randint(0, n, (self.batch_size,), generator=g)
             if self.loss == "infonce":
                 if self.labels is not None:
-                    positives = self._class_mates(anchors, g)
+                    positives = self._class_mates(anchors, g)  # itself, with probability 1 / class size
                 else:
                     pick = torch.randint(0, self.positive_k, (self.batch_size,), generator=g)
                     positives = self.neighbours[anchors, pick]
