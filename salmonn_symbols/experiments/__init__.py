@@ -16,6 +16,7 @@ __all__ = ["EXPERIMENTS", "load_experiment"]
 EXPERIMENTS: dict[str, str] = {
     "learned-encoding": "salmonn_symbols.experiments.learned_encoding",
     "latentwire": "salmonn_symbols.experiments.latentwire",
+    "rewa": "salmonn_symbols.experiments.rewa",
 }
 
 
