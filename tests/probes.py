@@ -8,7 +8,9 @@ class FrozenPartsInEval(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         m = pl_module.model
-        parts = {"whisper": m.whisper, "beats": m.beats, "qformer": m.speech_qformer, "proj": m.speech_llama_proj}
+        parts = {"whisper": m.whisper, "beats": m.beats}
+        if not any(p.requires_grad for p in m.speech_parameters()):
+            parts |= {"qformer": m.speech_qformer, "proj": m.speech_llama_proj}
         live = [name for name, part in parts.items() if any(x.training for x in part.modules())]
         if live:
             raise AssertionError(f"frozen parts in training mode at epoch {trainer.current_epoch}: {live}")

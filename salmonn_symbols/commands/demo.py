@@ -1,13 +1,14 @@
 """``make demo``: the whole system on a fresh machine, on CPU, in a few minutes.
 
-1. make the synthetic espeak-ng speech benchmark (speaker identity + spoken command)
-2. build the tiny SALMONN model
-3. run 2 full cycles (LoRA phase, MLP phase, discovery) with ``configs/tiny.yaml``
-4. write the discovery JSONs
-5. print how the symbols evolved, with validation accuracy
+    1. the synthetic espeak-ng speech benchmark: speaker identity (4 voices) and spoken commands (6 words)
+    2. the reference: the tiny model answering with the original label words ("alpha", ...), no symbols
+    3. symbol discovery: random 2-token symbols, 2 cycles of LoRA phase -> MLP phase -> discovery
+    4. per cycle: the mapping and its validation accuracy (soft, hard, original labels, and the discovered
+       mapping right after its discovery), the symbol evolution, and symbol_evolution.png
 
-Everything lands in one run folder (``runs/demo`` by default): ``synth/`` (the data), ``config.yaml``,
-``metrics.csv``, ``discovery/``, ``checkpoints/``, ``export/``; running the demo again starts that run again.
+Everything lands in one folder (``runs/demo`` by default): ``synth/`` (the data), the discovery run itself
+(``config.yaml``, ``metrics.csv``, ``discovery/``, ``checkpoints/``, ``export/``, ``summary.json``) and the
+reference run in ``original/``; running the demo again starts both runs again.
 """
 
 from __future__ import annotations
@@ -20,63 +21,84 @@ from pathlib import Path
 __all__ = ["add_args", "run", "run_demo"]
 
 _TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+REFERENCE_EPOCHS = 20
 
 
-def _evolution(run: Path) -> None:
+def _fit(run_dir: Path, tasks: list[Path], *extra: str) -> int:
+    from ..training.cli import run_lightning_cli
+
+    args = ["fit", "--config", str(_TINY), "--run_dir", str(run_dir), "--overwrite", "true"]
+    return run_lightning_cli(args + ["--data.tasks", json.dumps([str(p) for p in tasks]), *extra])
+
+
+def _last(run: Path, key: str) -> float | None:
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get(key)]
+    return float(rows[-1][key]) if rows else None
+
+
+def _reference(out: Path, speaker: Path) -> int:
+    schedule = {"cycles": 0, "lora_epochs": 1, "mlp_epochs": 1, "final_lora_epochs": REFERENCE_EPOCHS}
+    status = _fit(
+        out / "original",
+        [speaker],
+        "--model.initial_symbols=original",
+        f"--model.schedule={json.dumps(schedule)}",
+        "--model.eval_modes=[hard]",
+        "--model.rescore=false",
+    )
+    if not status:
+        acc = _last(out / "original", "val_hard/acc/synth_speaker")
+        print(f"   speaker identity with the original label words: validation accuracy {acc:.3f}")
+    return status
+
+
+def _cycles(run: Path) -> None:
     from ..symbols import evolution_table
+    from .inspect_run import cycle_accuracy, inspect_run
 
-    print("\nsymbol evolution (label -> symbol per cycle, with similarity and change type):")
+    acc = cycle_accuracy(run)
+    mappings = sorted({m for series in acc.values() for m in series})
+    print("\nvalidation accuracy with each mapping (mean over datasets):")
+    print("  mapping         soft   hard   original   right after its discovery")
+    for m in mappings:
+        name = "random start" if m == 0 else f"cycle {m} discovery"
+
+        def cell(cond: str, m: int = m) -> str:
+            v = acc.get(cond, {}).get(m)
+            return f"{v:.3f}" if v is not None else "  -  "
+
+        print(f"  {name:15s} {cell('soft')}  {cell('hard')}  {cell('original')}      {cell('discovered')}")
+    print("\nsymbol evolution (label -> symbol per cycle, with the evidence of each decision):")
     print(evolution_table(run))
-    for f in sorted((run / "discovery").glob("cycle_*_symbols.json")):
+    for f in sorted((run / "discovery").glob("cycle_*_symbols.json"), key=lambda p: int(p.name.split("_")[1])):
         data = json.loads(f.read_text())
         kinds = [c["change_type"] for c in data["symbol_changes"]]
-        print(
-            f"  {f.name}: {data['changed_symbols']}/{data['total_symbols']} changed "
-            f"({', '.join(f'{k}={kinds.count(k)}' for k in sorted(set(kinds)))})"
-        )
-
-
-def _accuracy(run: Path) -> None:
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    print("\nvalidation accuracy (mean over datasets), soft / hard / original labels:")
-    for r in rows:
-        if r.get("val/acc/mean"):
-            print(
-                f"  epoch {r['epoch']}: {float(r['val/acc/mean']):.3f} / {float(r['val_hard/acc/mean']):.3f} / "
-                f"{float(r['val_original/acc/mean']):.3f}"
-            )
+        counts = ", ".join(f"{k}={kinds.count(k)}" for k in sorted(set(kinds)))
+        print(f"  {f.name}: {data['changed_symbols']}/{data['total_symbols']} changed ({counts})")
+    inspect_run(run, png=True, table=False)
 
 
 def run_demo(out: str | Path = "runs/demo") -> int:
     """Runs the demo under ``out``; returns an exit status."""
     from ..data.synthetic import make_dataset
-    from ..training.cli import run_lightning_cli
 
     out = Path(out)
     t0 = time.perf_counter()
-    print("== 1/5 synthetic speech benchmark (espeak-ng)")
+    print("== 1/4 synthetic speech benchmark (espeak-ng): speaker identity and spoken commands")
     yamls = make_dataset(
-        out / "synth", tasks=("speaker", "command"), train_per_label=6, val_per_label=2, test_per_label=2
+        out / "synth", tasks=("speaker", "command"), train_per_label=64, val_per_label=16, test_per_label=4
     )
-    print("== 2-4/5 tiny SALMONN, 2 cycles of LoRA phase -> MLP phase -> discovery")
-    args = [
-        "fit",
-        "--config",
-        str(_TINY),
-        "--run_dir",
-        str(out),
-        "--overwrite",
-        "true",
-        "--data.tasks",
-        json.dumps([str(p) for p in yamls.values()]),
-    ]
-    status = run_lightning_cli(args)
+    print(f"== 2/4 reference: the tiny model answering with the original label words, {REFERENCE_EPOCHS} epochs")
+    status = _reference(out, yamls["speaker"])
     if status:
         return status
-    print(f"== 5/5 results in {out}")
-    _evolution(out)
-    _accuracy(out)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; discovery files: {out / 'discovery'}")
+    print("== 3/4 symbol discovery: random 2-token symbols, 2 cycles of LoRA phase -> MLP phase -> discovery")
+    status = _fit(out, list(yamls.values()))
+    if status:
+        return status
+    print(f"== 4/4 results in {out}")
+    _cycles(out)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; inspect it again with: salmonn-symbols inspect {out}")
     return 0
 
 

@@ -25,10 +25,11 @@ COLOURS = {"start": "#e8e8e8", "CHANGED": "#9fd89f", "KEPT": "#f6cf8a", "UNCHANG
 CONDITIONS = {"val/acc/mean": "soft", "val_hard/acc/mean": "hard", "val_original/acc/mean": "original"}
 
 
-def inspect_run(path: str | Path, png: bool = True) -> Path | None:
+def inspect_run(path: str | Path, png: bool = True, table: bool = True) -> Path | None:
     """Prints the label × cycle table and writes ``symbol_evolution.png`` beside the discovery files."""
     path = Path(path)
-    print(evolution_table(path))
+    if table:
+        print(evolution_table(path))
     if not png:
         return None
     run = path.parent if path.name == "discovery" else path

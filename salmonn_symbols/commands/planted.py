@@ -66,8 +66,9 @@ def _split(task: Path, role: str):
 
 
 def plant(model, tok, task: Path, book, epochs: int, seed: int) -> float:
-    """Trains every LLM weight of ``model`` (speech path frozen) to answer ``book``'s word for each class;
-    returns the closed-set validation accuracy with those words."""
+    """Trains every LLM weight of ``model`` and its speech path (Q-Former, projection; the encoders stay
+    frozen) to answer ``book``'s word for each class; returns the closed-set validation accuracy with those
+    words."""
     from ..data.dataset import SpeechCollator
     from ..data.prompt import PromptBuilder
     from ..data.transforms import PromptTransform
@@ -75,13 +76,12 @@ def plant(model, tok, task: Path, book, epochs: int, seed: int) -> float:
     cfg, train = _split(task, "train")
     prompts = PromptBuilder(tok)
     coll = SpeechCollator(prompts, PromptTransform({cfg.name: cfg}, {}, book, seed))
-    params = [p for n, p in model.llm.named_parameters() if "lora_" not in n]
+    params = [p for n, p in model.llm.named_parameters() if "lora_" not in n] + model.speech_parameters()
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     items = [train[(0, i, 0)] for i in range(len(train))]
-    with torch.no_grad():
-        speech = torch.cat([model.eval().encode_speech(b["wav"], b["wav_lengths"]) for b in _chunks(coll, items, 64)])
+    audio = torch.cat([model.encode_audio(b["wav"], b["wav_lengths"]) for b in _chunks(coll, items, 64)])
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
@@ -89,7 +89,7 @@ def plant(model, tok, task: Path, book, epochs: int, seed: int) -> float:
         for s in range(0, len(order), 16):
             idx = order[s : s + 16]
             batch = coll([items[i] for i in idx])
-            loss = model(batch, symbol_mode="raw", speech=speech[idx]).loss
+            loss = model(batch, symbol_mode="raw", speech=model.speech_from_audio(audio[idx])).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -44,11 +44,15 @@ def make_tone_task(
         seed: Seed of every random draw.
         name: Dataset name (and folder).
         pitches: Hz per label; default 220 · step^i.
-        step: Ratio between neighbouring pitches when ``pitches`` is not given.
+        step: Ratio between neighbouring pitches when ``pitches`` is not given; narrowed so the highest pitch
+            stays at or below 6 kHz (16 kHz audio holds pitches up to 8 kHz; above that they would alias).
         instruction: The task's instruction (``{labels}`` lists the current symbols).
     """
     per_split = dict(per_split or {"train": 4, "validation": 2, "test": 2})
-    pitches = list(pitches) if pitches is not None else [220.0 * step**i for i in range(len(labels))]
+    if pitches is None:
+        step = min(step, (6000.0 / 220.0) ** (1.0 / max(1, len(labels) - 1)))
+        pitches = [220.0 * step**i for i in range(len(labels))]
+    pitches = list(pitches)
     if len(pitches) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(pitches)} pitches")
     folder = Path(root) / name

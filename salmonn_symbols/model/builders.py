@@ -92,7 +92,7 @@ class SpeechLLMConfig:
     symbol_scale: float = 0.2
     symbol_dropout: float = 0.1
     symbol_scope: str = "both"
-    train_speech_path: bool = False
+    train_speech_path: bool = True
     speech_windows: str = "audio"
     gradient_checkpointing: bool = False
 
@@ -109,7 +109,12 @@ class SpeechLLMConfig:
 
 
 _SALMONN_QFORMER = dict(
-    qformer_hidden=768, qformer_heads=12, qformer_intermediate=3072, qformer_init_std=0.02, speech_windows="all"
+    qformer_hidden=768,
+    qformer_heads=12,
+    qformer_intermediate=3072,
+    qformer_init_std=0.02,
+    speech_windows="all",
+    train_speech_path=False,
 )
 _NAMED = {
     "tiny": SpeechLLMConfig(),

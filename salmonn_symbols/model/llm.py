@@ -26,8 +26,9 @@ __all__ = [
 
 # Named LLaMA shapes. Vicuna-13B v1.1 is LLaMA-1 13B; Vicuna-7B v1.5 is LLaMA-2 7B.
 _SIZES: dict[str, dict] = {
-    # A larger init than LLaMA's 0.02: at width 64 with a frozen random head, 0.02 keeps every logit near 1,
-    # so nothing could be learned in a CPU demo.
+    # Larger inits than LLaMA's 0.02: at width 64 with a frozen random head, 0.02 keeps every logit near 1, so the
+    # embeddings and the head get 0.3; the blocks get 0.1, enough to pass the input on without the sharp random
+    # attention that 0.3 gives (which hides the speech tokens from a LoRA-only fit).
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,
@@ -36,7 +37,8 @@ _SIZES: dict[str, dict] = {
         num_key_value_heads=4,
         max_position_embeddings=1024,
         vocab_size=2000,
-        initializer_range=0.3,
+        initializer_range=0.1,
+        embedding_init=0.3,
     ),
     "llama-7b": dict(
         hidden_size=4096,
@@ -67,13 +69,22 @@ def llama_config(size: str, **overrides) -> LlamaConfig:
         _SIZES[size], rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False
     )
     kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    embedding_init = kwargs.pop("embedding_init", None)
+    config = LlamaConfig(**kwargs)
+    config.embedding_init = embedding_init  # read by build_llm
+    return config
 
 
 def build_llm(config: LlamaConfig) -> LlamaForCausalLM:
-    """A randomly initialised causal LM with SDPA attention; loads nothing."""
+    """A randomly initialised causal LM with SDPA attention; loads nothing. A config with ``embedding_init``
+    (the tiny size) draws the embeddings and the head with that std instead of ``initializer_range``."""
     config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config)
+    std = getattr(config, "embedding_init", None)
+    if std:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, std)
+            model.get_output_embeddings().weight.normal_(0.0, std)
     model.requires_grad_(False)
     return model
 

@@ -129,7 +129,7 @@ class SpeechLLM(nn.Module):
 
     # -------------------------------------------------------------------------------------------- speech
     def encode_speech(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
-        """Speech tokens for the LLM.
+        """Speech tokens for the LLM: `speech_from_audio` of `encode_audio`.
 
         Args:
             wav: 16 kHz mono audio, right-padded, shape (B, S).
@@ -138,19 +138,39 @@ class SpeechLLM(nn.Module):
         Returns:
             Projected speech embeddings, shape (B, 88, H) for 30 s windows.
         """
-        # Whisper and BEATs never train: without autograd they keep no activations, and a compiled block sees one
-        # grad mode in training and evaluation alike.
-        with torch.no_grad():
-            mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
-            whisper = self.whisper(mel).last_hidden_state  # (B, 1500, 1280)
-            if self.beats is not None:
-                audio, audio_pad = self.beats(wav, lengths=wav_lengths)  # (B, N, 768), (B, N)
-        speech = self.ln_speech(whisper)
+        return self.speech_from_audio(self.encode_audio(wav, wav_lengths))
+
+    @torch.no_grad()
+    def encode_audio(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
+        """The frozen encoders' output, before anything that can train: Whisper's frames, then (with BEATs) its
+        frames fitted to Whisper's length and their padding flag, concatenated on the channel axis.
+
+        Whisper and BEATs never train: without autograd they keep no activations, and a compiled block sees one
+        grad mode in training and evaluation alike. These rows can be cached while the Q-Former trains.
+
+        Returns:
+            (B, 1500, C) with C = Whisper width (+ BEATs width + 1).
+        """
+        mel = log_mel(wav, self.n_mels, wav_lengths)  # (B, 80, 3000)
+        whisper = self.whisper(mel).last_hidden_state  # (B, 1500, 1280)
+        if self.beats is None:
+            return whisper
+        audio, audio_pad = self.beats(wav, lengths=wav_lengths)  # (B, N, 768), (B, N)
+        T = whisper.shape[1]
+        pad = _fit_length(audio_pad[..., None].to(audio.dtype), T)  # (B, 1500, 1); past N counts as padding
+        pad[:, audio_pad.shape[1] :] = 1
+        return torch.cat([whisper, _fit_length(audio, T).to(whisper.dtype), pad.to(whisper.dtype)], dim=-1)
+
+    def speech_from_audio(self, audio: Tensor) -> Tensor:
+        """Speech tokens from `encode_audio` rows: LayerNorms, the window Q-Former and the projection (the parts
+        that can train), (B, 1500, C) -> (B, 88, H)."""
+        dw = self.whisper.config.d_model
+        speech = self.ln_speech(audio[..., :dw])
         if self.beats is not None:
+            beats, pad = audio[..., dw:-1], audio[..., -1:] > 0.5
             # zeroing after ln_audio makes a clip's features independent of what it is batched with
-            audio = self.ln_audio(audio).masked_fill(audio_pad[..., None], 0.0)
-            audio = _fit_length(audio, speech.shape[1])  # (B, 1500, 768)
-            speech = torch.cat([speech, audio.to(speech.dtype)], dim=-1)  # (B, 1500, 2048)
+            beats = self.ln_audio(beats).masked_fill(pad, 0.0)
+            speech = torch.cat([speech, beats.to(speech.dtype)], dim=-1)  # (B, 1500, 2048)
         return self.speech_llama_proj(self.speech_qformer(speech))  # (B, 88, H)
 
     # ------------------------------------------------------------------------------------------------ text

@@ -47,7 +47,11 @@ Broadcast = Callable[[Any], Any]  # rank 0's object on every rank
 
 
 def _lora(model: SpeechLLM) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.llm.named_parameters() if "lora_" in n}
+    """What the LoRA phase trains: LoRA, and the speech path's trainable part when it trains."""
+    from .step import group_parameters
+
+    trained = {id(p) for p in group_parameters(model, "lora")}
+    return {n: p for n, p in model.named_parameters() if id(p) in trained}
 
 
 @dataclass
@@ -70,9 +74,9 @@ class SymbolCycle:
             argmax decides.
         rescore_samples: Validation samples per label for the verified search (half search, half confirmation).
         rescore_lora: Which LoRA weights the verified search scores with: "initial" (those the run started from:
-            the loaded SALMONN LoRA, or a fresh one that changes nothing), so every word is judged by the same
-            pretrained model and the current symbol gets no head start from having been trained on; or
-            "current" (the LoRA adapted to the current symbols).
+            the loaded SALMONN LoRA, or a fresh one that changes nothing; with ``train_speech_path`` also the
+            speech path's), so every word is judged by the same pretrained model and the current symbol gets no
+            head start from having been trained on; or "current" (as adapted to the current symbols).
         rollback_margin: Restore the previous mapping if soft validation accuracy falls more than this below the
             best so far; negative disables.
         override_file: JSON of label -> symbol applied at every discovery.

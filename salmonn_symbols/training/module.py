@@ -84,7 +84,7 @@ class SymbolLitModule(L.LightningModule):
         verify_groups: After every epoch, check that the frozen group is bitwise unchanged and that all ranks
             hold identical trainable weights (digests are appended to ``phase_checks.jsonl``).
         speech_cache: Compute the frozen speech path once per clip and reuse it in every later epoch and cycle
-            (turned off automatically when any speech-path part trains).
+            (only the frozen encoders' frames while the speech path trains).
         speech_cache_dir: Disk folder of the cache (default: ``<run>/speech_cache``; "none" keeps it in memory).
         compile: ``torch.compile`` each transformer block of the LLM, Whisper and BEATs (see
             `salmonn_symbols.training.compile`); the first steps then include compilation.

@@ -1,12 +1,13 @@
-"""Cache of the frozen speech path: projected speech tokens (88, H) per clip, computed once per run directory.
+"""Cache of the frozen speech path, computed once per clip and run directory: the projected speech tokens (88, H)
+while the whole speech path is frozen, or the frozen encoders' frames (1500, C) while the Q-Former trains.
 
     collate: audio_keys = sha1(waveform bytes)                       (CPU, in the DataLoader workers)
     step:    cached rows ──► speech (B, 88, H) ◄── encode_speech(missing rows only) ──► stored
     disk:    <cache_dir>/<fingerprint>/rank<r>-<n>.safetensors     (one shard per rank and flush, atomic)
 
-The fingerprint hashes every weight of the speech path (Whisper, BEATs, Q-Former, query, projection, both
-LayerNorms), its settings and the dtype the rows were computed in, so changing any of them reads from another
-folder: the cache can never serve stale features. It is used only while the speech path is frozen.
+The fingerprint hashes every weight of the part it caches (Whisper and BEATs; for speech tokens also the
+Q-Former, query, projection and both LayerNorms), its settings and the dtype the rows were computed in, so
+changing any of them reads from another folder: the cache can never serve stale features.
 """
 
 from __future__ import annotations
@@ -32,18 +33,19 @@ __all__ = ["RunSpeechCache", "SpeechCache", "audio_key", "speech_fingerprint"]
 CACHE_FORMAT = 2
 
 
-def speech_fingerprint(model: SpeechLLM, dtype: str) -> str:
-    """Hash of the speech path's weights and settings and of the compute dtype."""
+def speech_fingerprint(model: SpeechLLM, dtype: str, level: str = "speech") -> str:
+    """Hash of the cached part's weights and settings and of the compute dtype (``level``: "speech" for the
+    speech tokens, "audio" for the frozen encoders' frames)."""
     h = hashlib.sha256()
-    h.update(f"format{CACHE_FORMAT}".encode())
-    parts = [
-        ("whisper", model.whisper),
-        ("beats", model.beats),
-        ("ln_speech", model.ln_speech),
-        ("ln_audio", model.ln_audio),
-        ("qformer", model.speech_qformer),
-        ("proj", model.speech_llama_proj),
-    ]
+    h.update(f"format{CACHE_FORMAT}:{level}".encode())
+    parts = [("whisper", model.whisper), ("beats", model.beats)]
+    if level == "speech":
+        parts += [
+            ("ln_speech", model.ln_speech),
+            ("ln_audio", model.ln_audio),
+            ("qformer", model.speech_qformer),
+            ("proj", model.speech_llama_proj),
+        ]
     for name, module in parts:
         if module is None:
             continue
@@ -63,10 +65,13 @@ class SpeechCache:
         folder: Root folder of the disk cache (None: memory only).
         fingerprint: `speech_fingerprint` of the model it serves.
         rank: This process's rank (each rank writes its own shards; every rank reads all of them).
+        level: "speech" caches `SpeechLLM.encode_speech`, "audio" caches `SpeechLLM.encode_audio`.
     """
 
-    def __init__(self, folder: str | Path | None, fingerprint: str, rank: int = 0):
-        self.fingerprint, self.rank = fingerprint, rank
+    def __init__(self, folder: str | Path | None, fingerprint: str, rank: int = 0, level: str = "speech"):
+        if level not in ("speech", "audio"):
+            raise ValueError(f"cache level must be 'speech' or 'audio', got {level!r}")
+        self.fingerprint, self.rank, self.level = fingerprint, rank, level
         self.folder = Path(folder) / fingerprint if folder else None
         self.rows: dict[str, Tensor] = {}
         self._new: dict[str, Tensor] = {}
@@ -80,11 +85,14 @@ class SpeechCache:
                         self.rows[key] = f.get_tensor(key)
 
     @classmethod
-    def for_run(cls, model: SpeechLLM, folder: str | None, run_dir: Path, precision: str, rank: int) -> SpeechCache:
+    def for_run(
+        cls, model: SpeechLLM, folder: str | None, run_dir: Path, precision: str, rank: int, level: str = "speech"
+    ) -> SpeechCache:
         """The cache of a training run: under ``<run_dir>/speech_cache`` unless ``folder`` says where ("none":
-        memory only), fingerprinted by ``model``'s speech path and the Trainer's ``precision``."""
+        memory only), fingerprinted by ``model``'s cached part and the Trainer's ``precision``."""
         folder = folder or str(run_dir / "speech_cache")
-        return cls(None if folder.lower() == "none" else folder, speech_fingerprint(model, precision), rank)
+        root = None if folder.lower() == "none" else folder
+        return cls(root, speech_fingerprint(model, precision, level), rank, level)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,8 +127,9 @@ class SpeechCache:
         if not missing:
             return up  # (B, L, H)
         idx = torch.tensor(missing, device=device)
+        encode = model.encode_speech if self.level == "speech" else model.encode_audio
         with torch.no_grad():
-            fresh = model.encode_speech(batch["wav"][idx], batch["wav_lengths"][idx]).detach()  # (b, L, H)
+            fresh = encode(batch["wav"][idx], batch["wav_lengths"][idx]).detach()  # (b, L, H)
         down = torch.empty(fresh.shape, dtype=fresh.dtype, pin_memory=device.type == "cuda")
         down.copy_(fresh, non_blocking=True)
         if device.type == "cuda":
@@ -154,7 +163,8 @@ class SpeechCache:
 
 
 class RunSpeechCache:
-    """The speech cache of a training run, opened on first use, and off while any speech-path part trains.
+    """The speech cache of a training run, opened on first use: speech tokens while the speech path is frozen,
+    the frozen encoders' frames while it trains.
 
     Args:
         enabled: ``speech_cache`` of the run.
@@ -168,12 +178,16 @@ class RunSpeechCache:
         self.cache: SpeechCache | None = None
 
     def speech(self, model: SpeechLLM, batch: dict, rank: int) -> Tensor | None:
-        """The batch's speech embeddings from the cache, or None when caching is off (the model computes them)."""
-        if not self.enabled or any(p.requires_grad for p in model.speech_parameters()):
+        """The batch's speech embeddings, or None when caching is off (the model computes them). While the
+        speech path trains, the frozen encoders' frames come from the cache and the trainable part runs on them,
+        with gradients."""
+        if not self.enabled:
             return None
         if self.cache is None:
-            self.cache = SpeechCache.for_run(model, self.folder, self.run_dir, self.precision, rank)
-        return self.cache.speech(model, batch, batch["audio_keys"])
+            level = "audio" if any(p.requires_grad for p in model.speech_parameters()) else "speech"
+            self.cache = SpeechCache.for_run(model, self.folder, self.run_dir, self.precision, rank, level)
+        rows = self.cache.speech(model, batch, batch["audio_keys"])
+        return rows if self.cache.level == "speech" else model.speech_from_audio(rows)
 
     def flush(self, rate: bool = True) -> float | None:
         """Writes new rows to disk; returns the hit rate since the last call (None before the cache exists)."""

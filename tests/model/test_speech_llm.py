@@ -68,7 +68,7 @@ def test_speech_shapes(tiny):
     assert feats.shape[1] == 1496 and pad[1].sum() > 0 and not pad[0].any()
 
 
-def test_loss_and_gradients_reach_exactly_lora_and_symbol_mlp(tiny):
+def test_loss_and_gradients_reach_exactly_lora_symbol_mlp_and_the_tiny_speech_path(tiny):
     model, tok, book = tiny
     model.train()
     model.zero_grad(set_to_none=True)
@@ -78,7 +78,8 @@ def test_loss_and_gradients_reach_exactly_lora_and_symbol_mlp(tiny):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     lora = {n for n, p in model.named_parameters() if "lora_" in n}
     mlp = {f"symbols.mlp.{n}" for n, _ in model.symbols.mlp.named_parameters()}
-    assert with_grad <= lora | mlp
+    speech = {n for n, p in model.named_parameters() if any(p is q for q in model.speech_parameters())}
+    assert with_grad <= lora | mlp | speech  # the tiny preset trains its speech path; the encoders never train
     assert any("lora_A" in n for n in with_grad) and any("lora_B" in n for n in with_grad)
     assert "symbols.mlp.net.4.weight" in with_grad
     model.zero_grad(set_to_none=True)
@@ -97,6 +98,8 @@ def test_speech_path_trains_only_when_configured():
     model.train()(_batch(tok, book, targets=["yes", "no"]), symbol_mode="raw").loss.backward()
     assert model.speech_qformer.query_tokens.grad is not None and model.speech_llama_proj.weight.grad is not None
     assert all(p.grad is None for p in model.whisper.parameters())
+    frozen, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny", train_speech_path=False, use_beats=False))
+    assert not any(p.requires_grad for p in frozen.speech_parameters())
 
 
 def test_batched_and_single_agree(tiny):

@@ -145,7 +145,9 @@ def test_checkpoints_hold_trainable_state_only_and_load_weights_only(tmp_path, s
     assert {"cycle1-lora-end.ckpt", "cycle1-mlp-end.ckpt", "last.ckpt"} <= set(names)
     ckpt = torch.load(run / "checkpoints" / "cycle1-mlp-end.ckpt", weights_only=True)
     keys = list(ckpt["state_dict"])
-    assert keys and all("lora_" in k or k.startswith("model.symbols.mlp.") for k in keys)
+    speech = ("model.ln_speech.", "model.ln_audio.", "model.speech_qformer.", "model.speech_llama_proj.")
+    assert keys and all("lora_" in k or k.startswith(("model.symbols.mlp.", *speech)) for k in keys)
+    assert not any(k.startswith(("model.whisper.", "model.beats.")) for k in keys)  # the encoders never train
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
     assert ckpt["symbols"]["history"][-1]["source"] == "discovered"
     assert {"torch", "python", "numpy"} <= set(ckpt["rng"]) and "batches_done" in ckpt["sampler"]
@@ -209,7 +211,8 @@ def test_two_process_fsdp_shards_the_llm_and_keeps_the_trainable_groups_whole(tm
     assert "FSDP: 2 LLM decoder layers sharded over 2 ranks" in proc.stderr
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     keys = set(ckpt["state_dict"])
-    assert keys and all(".lora_" in k or k.startswith("model.symbols.") for k in keys)  # trainable groups only
+    speech = ("model.ln_speech.", "model.ln_audio.", "model.speech_qformer.", "model.speech_llama_proj.")
+    assert keys and all(".lora_" in k or k.startswith(("model.symbols.", *speech)) for k in keys)  # trainable only
     assert all(not type(v).__name__ == "DTensor" for v in ckpt["state_dict"].values())
     # the FSDP checkpoint resumes under DDP and the reverse: it is the same file
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -430,7 +433,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, synth
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
-def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_path, synth):
+def test_speech_cache_fills_once_and_caches_the_encoders_when_the_speech_path_trains(tmp_path, synth):
     import csv
 
     run = tmp_path / "run"
@@ -446,6 +449,8 @@ def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_p
                 "false",
                 "--model.schedule.cycles",
                 "1",
+                "--model.model.train_speech_path",
+                "false",
             ]
         )
         == 0
@@ -477,7 +482,20 @@ def test_speech_cache_fills_once_and_turns_off_when_the_speech_path_trains(tmp_p
         )
         == 0
     )
-    assert not (run2 / "speech_cache").exists()
+    # while the Q-Former trains, the cache holds the frozen encoders' frames (another fingerprint) and is reused
+    folders = {p.name for p in (run / "speech_cache").iterdir()} & {p.name for p in (run2 / "speech_cache").iterdir()}
+    assert not folders
+    rates = [
+        float(r["train/speech_cache_hit_rate"])
+        for r in csv.DictReader(open(run2 / "metrics.csv"))
+        if r.get("train/speech_cache_hit_rate")
+    ]
+    assert rates[0] < 0.5 and max(rates) > 0.9
+    from safetensors import safe_open
+
+    shard = next((run2 / "speech_cache").glob("*/rank0-*.safetensors"))
+    with safe_open(shard, framework="pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).shape[0] == 1500  # encoder frames, not 88 speech tokens
 
 
 def test_rollback_restores_the_last_good_mapping():
