@@ -21,7 +21,7 @@ from pathlib import Path
 __all__ = ["add_args", "run", "run_demo"]
 
 _TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
-REFERENCE_EPOCHS = 20
+REFERENCE_EPOCHS = 40
 
 
 def _fit(run_dir: Path, tasks: list[Path], *extra: str) -> int:
@@ -59,7 +59,7 @@ def _cycles(run: Path) -> None:
     acc = cycle_accuracy(run)
     mappings = sorted({m for series in acc.values() for m in series})
     print("\nvalidation accuracy with each mapping (mean over datasets):")
-    print("  mapping         soft   hard   original   right after its discovery")
+    print("  mapping            soft   hard   original   right after its discovery")
     for m in mappings:
         name = "random start" if m == 0 else f"cycle {m} discovery"
 
@@ -67,7 +67,7 @@ def _cycles(run: Path) -> None:
             v = acc.get(cond, {}).get(m)
             return f"{v:.3f}" if v is not None else "  -  "
 
-        print(f"  {name:15s} {cell('soft')}  {cell('hard')}  {cell('original')}      {cell('discovered')}")
+        print(f"  {name:18s} {cell('soft')}  {cell('hard')}  {cell('original')}      {cell('discovered')}")
     print("\nsymbol evolution (label -> symbol per cycle, with the evidence of each decision):")
     print(evolution_table(run))
     for f in sorted((run / "discovery").glob("cycle_*_symbols.json"), key=lambda p: int(p.name.split("_")[1])):

@@ -76,19 +76,22 @@ def plant(model, tok, task: Path, book, epochs: int, seed: int) -> float:
     cfg, train = _split(task, "train")
     prompts = PromptBuilder(tok)
     coll = SpeechCollator(prompts, PromptTransform({cfg.name: cfg}, {}, book, seed))
+    dev = next(model.parameters()).device
     params = [p for n, p in model.llm.named_parameters() if "lora_" not in n] + model.speech_parameters()
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     items = [train[(0, i, 0)] for i in range(len(train))]
-    audio = torch.cat([model.encode_audio(b["wav"], b["wav_lengths"]) for b in _chunks(coll, items, 64)])
+    audio = torch.cat(
+        [model.encode_audio(b["wav"].to(dev), b["wav_lengths"].to(dev)) for b in _chunks(coll, items, 64)]
+    )
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(items), generator=g).tolist()
         for s in range(0, len(order), 16):
             idx = order[s : s + 16]
-            batch = coll([items[i] for i in idx])
+            batch = _on(coll([items[i] for i in idx]), model)
             loss = model(batch, symbol_mode="raw", speech=model.speech_from_audio(audio[idx])).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -103,6 +106,11 @@ def _chunks(coll, items, n):
         yield coll(items[s : s + n])
 
 
+def _on(batch: dict, model) -> dict:
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
 def _accuracy(model, tok, task: Path, book) -> float:
     from ..data.dataset import SpeechCollator
@@ -115,6 +123,7 @@ def _accuracy(model, tok, task: Path, book) -> float:
     coll = SpeechCollator(prompts, PromptTransform({cfg.name: cfg}, {}, book, 0))
     right = total = 0
     for batch in _chunks(coll, [val[(0, i, 0)] for i in range(len(val))], 32):
+        batch = _on(batch, model)
         speech = model.encode_speech(batch["wav"], batch["wav_lengths"])
         # no symbol spans are set on the planting model, so "hard" scores each label's planted word as it is
         preds = predict_batch(model, batch, speech, {cfg.name: cfg}, book, prompts, "hard", 0.1)
@@ -129,6 +138,7 @@ def save_base(model, tok, folder: Path) -> dict[str, str]:
     from ..model.whisper import save_whisper_encoder
 
     folder.mkdir(parents=True, exist_ok=True)
+    model.cpu()
     save_salmonn_checkpoint(model, folder / "salmonn.pth")
     save_whisper_encoder(model.whisper, folder / "whisper")
     base = model.llm.unload()
@@ -214,6 +224,12 @@ def recovery(run_dir: Path, book, sym) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- the bench
+def _device(args) -> str:
+    """Where planting and the oracle run (``bench --device``); the cycle runs where ``--config`` says."""
+    device = getattr(args, "device", "auto")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def _book(labels, sym, seed: int, avoid: set[int]):
     from ..symbols import SymbolBook
 
@@ -224,7 +240,7 @@ def _book(labels, sym, seed: int, avoid: set[int]):
     raise RuntimeError("could not draw planted words disjoint from the start symbols")
 
 
-def _seed_run(args, seed: int, root: Path, config: str, extra: list[str]) -> list[dict[str, Any]]:
+def _seed_run(args, seed: int, root: Path, config: str, extra: list[str], done) -> list[dict[str, Any]]:
     from ..data.tones import GREEK, make_tone_task
     from ..symbols import SymbolBook, SymbolTokenizer
 
@@ -242,6 +258,7 @@ def _seed_run(args, seed: int, root: Path, config: str, extra: list[str]) -> lis
     for arm in [a for a in args.arms.split(",") if a]:
         t0 = time.perf_counter()
         model, tok = _tiny(seed)
+        model.to(_device(args))
         record: dict[str, Any] = {"seed": seed, "arm": arm}
         target = {"planted": planted, "other": other}.get(arm)
         if target is not None:
@@ -265,6 +282,7 @@ def _seed_run(args, seed: int, root: Path, config: str, extra: list[str]) -> lis
         record["seconds"] = time.perf_counter() - t0
         print(json.dumps({k: v for k, v in record.items() if k != "oracle_ranks"}))
         out.append(record)
+        done(record)
     return out
 
 
@@ -302,11 +320,23 @@ def run_planted_bench(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).with_suffix("") if args.out.endswith(".json") else Path(args.out)
     config = args.config or str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     extra = shlex.split(args.fit_args)
-    records = []
+    records: list[dict[str, Any]] = []
+
+    def done(record: dict[str, Any]) -> None:  # each finished arm is written at once: a stopped run keeps it
+        records.append(record)
+        _write(out, args, config, extra, records)
+
     for seed in [int(s) for s in str(args.seeds).split(",") if s != ""]:
-        records += _seed_run(args, seed, out / f"seed{seed}", config, extra)
+        _seed_run(args, seed, out / f"seed{seed}", config, extra, done)
+    result = _write(out, args, config, extra, records)
+    print(result["table"])
+    print(f"wrote {out / 'planted.json'}")
+    return result
+
+
+def _write(out: Path, args, config: str, extra: list[str], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Writes ``planted.json`` and ``planted.md`` (the table over ``records``); returns the result."""
     table = _summary(records)
-    print(table)
     chance = "chance: one allowed token in several hundred, about 0.002"
     result = {
         "labels": args.labels,
@@ -318,5 +348,4 @@ def run_planted_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     atomic_write_json(out / "planted.json", result)
     atomic_write_text(out / "planted.md", table + "\n\n" + chance + "\n")
-    print(f"wrote {out / 'planted.json'}")
     return result
