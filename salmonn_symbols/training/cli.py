@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..data.datamodule import SymbolDataModule
 from ..io import atomic_write
-from .lifecycle import KeptMetrics, StepCheckpoint
+from .lifecycle import KeptMetrics, StepCheckpoint, resume_command
 from .module import SymbolLitModule
+from .resume import check_resume_config
 from .schedule import CycleSchedule
 
 __all__ = ["RUN_OUTPUTS", "AtomicCheckpointIO", "SymbolCLI", "check_run_dir", "main", "run_lightning_cli"]
@@ -140,16 +142,29 @@ class SymbolCLI(LightningCLI):
             self._use_run_dir(cfg, cfg.run_dir)
         if cfg.get("ckpt_path"):
             self._resume_wandb(cfg)
-            if self.subcommand == "fit" and cfg.get("run_dir") and rank_zero_only.rank == 0:
-                KeptMetrics.put_aside(cfg.run_dir)  # before Lightning's CSVLogger deletes it
+
+    def before_fit(self) -> None:
+        """Refuses a resume that does not match its checkpoint before the Trainer writes anything (config.yaml,
+        metrics.csv, symbols, logs), so a refused resume leaves the run as it was; then keeps its metrics.csv."""
+        cfg = self.config.fit
+        path = _checkpoint_file(cfg)
+        if path is None:
+            return
+        run = Path(cfg.get("run_dir") or path.parent.parent)
+        advice = (
+            f"to continue the run unchanged: {resume_command(run)}\n"
+            "to train with the change: start a new run (the same command with another --run_dir, no --ckpt_path)"
+        )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        check_resume_config(checkpoint, asdict(self.model.model_cfg), self.datamodule.labels, advice)
+        if cfg.get("run_dir") and rank_zero_only.rank == 0:
+            KeptMetrics.put_aside(cfg.run_dir)  # before Lightning's CSVLogger deletes it
 
     @staticmethod
     def _resume_wandb(cfg) -> None:
         """Continues the same W&B run (one monotonic step axis) when resuming from a checkpoint."""
-        path = cfg.ckpt_path
-        if path == "last" and cfg.get("run_dir"):
-            path = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(path):
+        path = _checkpoint_file(cfg)
+        if path is None:
             return
         wandb_id = torch.load(path, map_location="cpu", weights_only=True).get("cycle_state", {}).get("wandb_id")
         logger = cfg.trainer.logger
@@ -188,6 +203,14 @@ class SymbolCLI(LightningCLI):
         plugins = trainer_cfg.get("plugins") or []
         trainer_cfg["plugins"] = (list(plugins) if isinstance(plugins, list) else [plugins]) + [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+
+def _checkpoint_file(cfg) -> Path | None:
+    """The checkpoint file ``--ckpt_path`` names (``last``: the run folder's last.ckpt), or None."""
+    path = cfg.get("ckpt_path")
+    if path == "last" and cfg.get("run_dir"):
+        path = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
+    return Path(path) if path and os.path.isfile(path) else None
 
 
 def _default_wandb(save_dir: str):

@@ -4,6 +4,7 @@
     GracefulStop    SIGTERM / SIGUSR1 ─► finish the step (or the epoch end) in progress ─► last.ckpt ─► stop;
                     SIGUSR1 on SLURM also requeues the job, which resumes from that checkpoint
     KeptMetrics     a resumed run keeps the metrics.csv rows logged up to its checkpoint
+    InitialSymbols  symbols_cycle_0.json, written by a fresh run only
     RunSummary      train/samples_per_s every epoch; at the end: files, symbols per cycle, accuracy, time
                     (printed and written to summary.json)
 
@@ -29,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["GracefulStop", "KeptMetrics", "RunSummary", "StepCheckpoint", "resume_command"]
+__all__ = ["GracefulStop", "InitialSymbols", "KeptMetrics", "RunSummary", "StepCheckpoint", "resume_command"]
 
 
 def resume_command(run_dir: Path) -> str:
@@ -188,6 +189,22 @@ class KeptMetrics(L.Callback):
         out.writerows(rows)
         atomic_write_text(Path(logger.log_dir) / "metrics.csv", text.getvalue())
         aside.unlink()
+
+
+class InitialSymbols(L.Callback):
+    """Writes ``symbols_cycle_0.json``, the symbols the run starts from, when a fresh run starts training (rank 0).
+    A resumed run leaves the file alone: its checkpoint's book holds cycle 0, and a changed ``symbol_seed`` must
+    not rewrite the run's history."""
+
+    def __init__(self) -> None:
+        self._resumed = False
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._resumed = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self._resumed and trainer.is_global_zero:
+            atomic_write_json(pl_module.out_dir / "symbols_cycle_0.json", pl_module.cycle.book.state_dict())
 
 
 class RunSummary(L.Callback):

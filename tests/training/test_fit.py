@@ -331,6 +331,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
         == 0
     )
     capsys.readouterr()
+    before = _tree(run)
     status = main(
         [
             "fit",
@@ -348,6 +349,23 @@ def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
     )
     err = capsys.readouterr().err
     assert status == 2 and "model.model.lora_r: 8 -> 4" in err
+    assert _tree(run) == before  # refused before anything was written: metrics, config, symbols, checkpoints
+    advised = err.split("to continue the run unchanged: ")[1].splitlines()[0].split()
+    assert advised[:2] == ["salmonn-symbols", "fit"] and main(advised[1:]) == 0  # the advice, followed literally
+    after = _tree(run)  # a resumed run leaves the symbols it started from alone
+    assert after["symbols_cycle_0.json"] == before["symbols_cycle_0.json"]
+    assert "lora_r: 4" not in (run / "config.yaml").read_text()
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: its SHA-256 and modification time."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys):
