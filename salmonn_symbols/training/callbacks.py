@@ -123,6 +123,12 @@ class PhaseIntegrity(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = self._digests(pl_module)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self._start}  # a run resumed mid-epoch checks against its epoch's true start
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._start = state_dict.get("start")
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         info = pl_module.phase()
         end = self._digests(pl_module)

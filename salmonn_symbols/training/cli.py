@@ -44,6 +44,7 @@ RUN_OUTPUTS = (
     "metrics.csv",
     "phase_checks.jsonl",
     "skipped.jsonl",
+    "stale",
     "summary.json",
     "symbols_cycle_0.json",
     "symbols_final.json",

@@ -5,8 +5,9 @@
                     SIGUSR1 on SLURM also requeues the job, which resumes from that checkpoint
     KeptMetrics     a resumed run keeps the metrics.csv rows logged up to its checkpoint
     InitialSymbols  symbols_cycle_0.json, written by a fresh run only
-    RunSummary      train/samples_per_s every epoch; at the end: files, symbols per cycle, accuracy, time
-                    (printed and written to summary.json)
+    StaleFiles      a resumed run moves files written after its checkpoint to stale/<time>/ (one history)
+    RunSummary      train/samples_per_s every epoch; at the end: files, symbols per cycle, accuracy, skipped
+                    samples, time (printed and written to summary.json)
 
 The epoch-end checkpoint itself is written by the module, after validation and discovery (`resume.save_epoch_end`).
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +33,17 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["GracefulStop", "InitialSymbols", "KeptMetrics", "RunSummary", "StepCheckpoint", "resume_command"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GracefulStop",
+    "InitialSymbols",
+    "KeptMetrics",
+    "RunSummary",
+    "StaleFiles",
+    "StepCheckpoint",
+    "resume_command",
+]
 
 
 def resume_command(run_dir: Path) -> str:
@@ -207,6 +220,58 @@ class InitialSymbols(L.Callback):
             atomic_write_json(pl_module.out_dir / "symbols_cycle_0.json", pl_module.cycle.book.state_dict())
 
 
+class StaleFiles(L.Callback):
+    """A resumed run moves aside what the interrupted run wrote after the restored checkpoint, so that the run's
+    files describe one history: discovery files of cycles the checkpoint's book has not discovered, the final
+    files (``symbols_final.json``, ``summary.json``, ``export/``, ``symbol_evolution.png``; kept when the
+    checkpoint is the run's last state) and the ``phase_checks.jsonl`` records of the epochs trained again.
+    They go to ``<run>/stale/<time>/`` on rank 0, and the log names them."""
+
+    FINAL = ("symbols_final.json", "summary.json", "export", "symbol_evolution.png")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        run, sampler = pl_module.out_dir, checkpoint.get("sampler", {})
+        first = sampler.get("epoch", 0) + bool(sampler.get("at_epoch_end"))  # the first epoch trained again
+        aside = run / "stale" / time.strftime("%Y%m%d-%H%M%S")
+        moved = self._move(run, aside, checkpoint.get("symbols", {}).get("history", []), first >= trainer.max_epochs)
+        if self._trim_phase_checks(run, aside, first):
+            moved.append(f"phase_checks.jsonl (records of epoch >= {first})")
+        if moved:
+            log.warning("resumed from a checkpoint older than these files; moved to %s: %s", aside, ", ".join(moved))
+
+    def _move(self, run: Path, aside: Path, history: list[dict[str, Any]], finished: bool) -> list[str]:
+        found = {h.get("cycle") for h in history if h.get("source") == "discovered"}
+        stale = [p for p in sorted((run / "discovery").glob("cycle_*_*.json")) if _cycle_of(p.name) not in found]
+        stale += [] if finished else [run / name for name in self.FINAL if (run / name).exists()]
+        for path in stale:
+            dest = aside / path.relative_to(run)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        return [str(p.relative_to(run)) for p in stale]
+
+    @staticmethod
+    def _trim_phase_checks(run: Path, aside: Path, first: int) -> bool:
+        path = run / "phase_checks.jsonl"
+        if not path.is_file():
+            return False
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["epoch"] < first]
+        if len(kept) == len(lines):
+            return False
+        aside.mkdir(parents=True, exist_ok=True)
+        os.replace(path, aside / path.name)
+        atomic_write_text(path, "".join(kept))
+        return True
+
+
+def _cycle_of(name: str) -> int | None:
+    """N of a discovery file ``cycle_N_{tokens,symbols}.json``."""
+    part = name.split("_")[1]
+    return int(part) if part.isdigit() else None
+
+
 class RunSummary(L.Callback):
     """Throughput and the end-of-run report.
 
@@ -273,8 +338,14 @@ class RunSummary(L.Callback):
             "cycles": [h.cycle for h in book.history],
             "symbols": symbols,
             "accuracy": {m: pl_module.last_eval[m].get("mean/acc") for m in pl_module.last_eval},
+            "skipped": _lines(out / "skipped.jsonl"),  # what check-data counts as skipped, each sample once
             "files": files,
         }
+
+
+def _lines(path: Path) -> int:
+    """Non-empty lines of a text file (0 when it does not exist)."""
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -288,6 +359,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["accuracy"]:
         acc = "  ".join(f"{m} {v:.3f}" for m, v in s["accuracy"].items() if v is not None)
         lines.append(f"validation accuracy (mean over datasets), last evaluation: {acc}")
+    if s.get("skipped"):
+        lines.append(f"skipped: {s['skipped']} bad samples (on_bad_sample: skip), listed in {run / 'skipped.jsonl'}")
     lines.append(f"files: {', '.join(s['files'])} (and summary.json) in {run}")
     lines.append(f"next: salmonn-symbols inspect {run}")
     return "\n".join(lines)

@@ -39,7 +39,7 @@ from .compile import compile_blocks
 from .cycle import SymbolCycle
 from .evaluation import EVAL_MODES, Evaluator, check_modes
 from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
-from .lifecycle import GracefulStop, InitialSymbols, KeptMetrics, RunSummary
+from .lifecycle import GracefulStop, InitialSymbols, KeptMetrics, RunSummary, StaleFiles
 from .resume import load_training_state, save_epoch_end, save_training_state, set_rng_state
 from .schedule import CycleSchedule, PhaseInfo
 from .speech_cache import RunSpeechCache
@@ -187,7 +187,7 @@ class SymbolLitModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks = [CycleMetrics(), NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
-        callbacks += [GracefulStop(), KeptMetrics(), InitialSymbols(), RunSummary()]
+        callbacks += [GracefulStop(), KeptMetrics(), InitialSymbols(), StaleFiles(), RunSummary()]
         return callbacks + ([PhaseIntegrity()] if self.hparams.verify_groups else [])
 
     # ------------------------------------------------------------------------------------------ optimizers

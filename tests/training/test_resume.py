@@ -124,6 +124,9 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
         assert a.pop("timestamp") and b.pop("timestamp") and a == b, name
     # metrics.csv kept every step's loss and every validation once, with the uninterrupted run's values
     assert rows_a == rows_b
+    # and the phase checks: each epoch once (the killed runs' later records were moved aside)
+    checks_a, checks_b = ((r / "phase_checks.jsonl").read_text().splitlines() for r in (tmp_path / "ref", run))
+    assert [json.loads(x)["epoch"] for x in checks_b] == [0, 1, 2, 3] and checks_a == checks_b
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "ref" / "checkpoints").iterdir())
     assert "last.ckpt" in names and "cycle1-mlp-end.ckpt" in names
@@ -143,6 +146,25 @@ def test_checkpoint_after_discovery_is_the_newest_and_resumes_past_it(tmp_path, 
     assert names == ["cycle1-lora-end.ckpt", "cycle1-mlp-end.ckpt", "last.ckpt"]  # steps 3 and 6 end epochs
     phase_end = torch.load(run / "checkpoints" / "cycle1-mlp-end.ckpt", weights_only=True)
     assert phase_end["symbols"] == last["symbols"] and phase_end["global_step"] == 6
+
+
+def test_resume_from_an_older_checkpoint_moves_the_later_files_aside(tmp_path, tone_config):
+    """Resumed from the checkpoint after discovery 1 of a finished run, the files of discovery 2, the final files
+    and the later phase checks go to stale/<time>/: the run's files then describe the resumed history only."""
+    run = tmp_path / "run"
+    assert _fit(tone_config, run).returncode == 0
+    before = {p: (run / p).read_bytes() for p in ("discovery/cycle_2_symbols.json", "symbols_final.json")}
+    older = run / "checkpoints" / "cycle1-mlp-end.ckpt"  # killed as soon as it resumes, before writing anything
+    proc = _fit(tone_config, run, "--ckpt_path", str(older), kill={"point": "epoch_start", "epoch": 2})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert sorted(p.name for p in (run / "discovery").iterdir()) == ["cycle_1_symbols.json", "cycle_1_tokens.json"]
+    assert not any((run / name).exists() for name in ("symbols_final.json", "summary.json", "export"))
+    epochs = [json.loads(line)["epoch"] for line in (run / "phase_checks.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+    (aside,) = (run / "stale").iterdir()
+    assert {p: (aside / p).read_bytes() for p in before} == before
+    assert (aside / "summary.json").is_file() and (aside / "export" / "trainable.safetensors").is_file()
+    assert f"moved to {aside}: discovery/cycle_2_symbols.json" in proc.stderr
 
 
 def test_fit_refuses_to_lose_a_run(tmp_path, tone_config, capsys):
