@@ -259,7 +259,9 @@ def test_wandb_offline_logs_tables_and_files(tmp_path, synth, monkeypatch):
     assert ckpt["cycle_state"]["wandb_id"] == offline[0].name.split("-")[-1]
 
 
-def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
+def test_skip_mode_counts_each_bad_sample_once_everywhere(tmp_path, synth, capsys):
+    """Bad manifest lines and clips that cannot be decoded: check-data, skipped.jsonl and the run summary give
+    the same count."""
     import shutil
 
     import numpy as np
@@ -267,29 +269,24 @@ def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
 
     copy = tmp_path / "synth"
     shutil.copytree(Path(synth["speaker"]).parent.parent, copy)
-    first = json.loads((copy / "speaker" / "train.jsonl").read_text().splitlines()[0])
+    manifest = copy / "speaker" / "train.jsonl"
+    first, second = (json.loads(x) for x in manifest.read_text().splitlines()[:2])
     sf.write(copy / "speaker" / first["audio"], np.zeros(16000, dtype=np.float32), 16000)  # an all-zero clip
+    (copy / "speaker" / second["audio"]).write_bytes(b"RIFF, but not audio")  # a clip that cannot be decoded
+    gone = {**first, "id": "gone", "audio": "audio/gone.wav"}
+    manifest.write_text(manifest.read_text() + "{not json\n" + json.dumps(gone) + "\n")  # two bad lines
+    task = copy / "speaker" / "task.yaml"
+    assert main(["check-data", str(task), "--workers", "1", "--no-progress"]) == 1
+    assert "skipped: 4   problems: 4" in capsys.readouterr().out
     cfg = _config(tmp_path, {k: copy / k / "task.yaml" for k in synth})
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(cfg),
-                "--data.on_bad_sample",
-                "skip",
-                "--run_dir",
-                str(tmp_path / "run"),
-                "--model.schedule.cycles",
-                "1",
-                "--model.rescore",
-                "false",
-            ]
-        )
-        == 0
-    )
-    lines = [json.loads(x) for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
-    assert [x["id"] for x in lines] == [first["id"]] and lines[0]["what"] == "audio is all zeros"
+    run = tmp_path / "run"
+    args = ["--data.on_bad_sample", "skip", "--run_dir", str(run), "--model.schedule.cycles", "1"]
+    assert main(["fit", "--config", str(cfg), *args, "--model.rescore", "false"]) == 0
+    lines = [json.loads(x) for x in (run / "skipped.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {first["id"], second["id"], "gone"} <= {x["id"] for x in lines}
+    assert [x["what"] for x in lines if x["id"] == first["id"]] == ["audio is all zeros"]
+    assert json.loads((run / "summary.json").read_text())["skipped"] == 4
+    assert f"skipped: 4 bad samples (on_bad_sample: skip), listed in {run / 'skipped.jsonl'}" in capsys.readouterr().out
 
 
 def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth, capsys):
