@@ -198,39 +198,61 @@ def test_fit_refuses_to_lose_a_run(tmp_path, tone_config, capsys):
 def test_launcher_resumes_requeued_jobs_and_refuses_an_empty_resume(tmp_path):
     """scripts/train_cycles.sh builds the fit command (DRY_RUN=1 prints it): RESUME=1 with the run's config,
     a requeued SLURM job resumes (or starts again when it had no checkpoint yet), SIGUSR1 ahead of the limit."""
-    script, run = str(ROOT / "scripts" / "train_cycles.sh"), tmp_path / "run"
-
-    def launch(**env: str) -> subprocess.CompletedProcess:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-        return subprocess.run(
-            [script, "--trainer.max_steps", "9"],
-            env={**clean, "DRY_RUN": "1", **env},
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-        )
-
-    proc = launch(RESUME="1", RUN_DIR=str(run))
+    run, tiny = tmp_path / "run", str(ROOT / "configs" / "tiny.yaml")
+    proc = _launch(tmp_path, RESUME="1", RUN_DIR=str(run))
     assert proc.returncode == 1 and f"RESUME=1 but {run}/checkpoints/last.ckpt does not exist" in proc.stderr
-    new = launch(CONFIG="configs/tiny.yaml", RUN_DIR=str(run)).stdout
+    new = _launch(tmp_path, CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert new.split()[1:] == [
         "-m",
         "salmonn_symbols",
         "fit",
         "--config",
-        "configs/tiny.yaml",
+        tiny,
         "--run_dir",
         str(run),
         "--trainer.max_steps",
         "9",
     ]
-    requeued = launch(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", RUN_DIR=str(run)).stdout
+    requeued = _launch(tmp_path, SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert requeued.startswith("srun ") and "--overwrite true" in requeued  # stopped before its first checkpoint
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    requeued = launch(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", RUN_DIR=str(run), OVERWRITE="1").stdout
+    (run / "config.yaml").write_text("{}")
+    env = dict(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", CONFIG=tiny, RUN_DIR=str(run), OVERWRITE="1")
+    requeued = _launch(tmp_path, **env).stdout
     assert "--ckpt_path last" in requeued and "--overwrite" not in requeued  # a requeue never starts over
-    resumed = launch(RESUME="1", RUN_DIR=str(run)).stdout
+    resumed = _launch(tmp_path, RESUME="1", RUN_DIR=str(run)).stdout
     assert f"fit --config {run}/config.yaml --run_dir {run} --ckpt_path last" in resumed
-    submitted = launch(SLURM="1", PARTITION="gpu", RUN_DIR=str(run)).stdout
+    submitted = _launch(tmp_path, SLURM="1", PARTITION="gpu", CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert submitted.startswith("sbatch ") and "--signal=SIGUSR1@300 --requeue" in submitted
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"GPUS": "abc"}, "GPUS=abc: expected a whole number of at least 1"),
+        ({"GPUS": "0"}, "GPUS=0: expected a whole number of at least 1"),
+        ({"GPUS": "-2"}, "GPUS=-2: expected a whole number of at least 1"),
+        ({"GPUS_PER_NODE": "two"}, "GPUS=two: expected"),
+        ({"NODES": "1.5"}, "NODES=1.5: expected a whole number of at least 1"),
+        ({"CONFIG": "configs/tyni.yaml"}, "CONFIG=configs/tyni.yaml: no such file"),
+        ({"CONFIG": ""}, "CONFIG is not set: name a training config"),
+        ({"CONFIG": "."}, "CONFIG=.: no such file"),
+    ],
+)
+def test_launcher_refuses_bad_settings(tmp_path, env, message):
+    settings = {"CONFIG": str(ROOT / "configs" / "tiny.yaml"), "RUN_DIR": str(tmp_path / "run"), **env}
+    proc = _launch(tmp_path, **settings)
+    assert proc.returncode == 1 and proc.stdout == "" and f"train_cycles.sh: {message}" in proc.stderr
+
+
+def _launch(cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/train_cycles.sh with DRY_RUN=1 (it prints the command) outside SLURM, with ``env`` set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "GPUS", "NODES", "CONFIG"))}
+    return subprocess.run(
+        [str(ROOT / "scripts" / "train_cycles.sh"), "--trainer.max_steps", "9"],
+        env={**clean, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
