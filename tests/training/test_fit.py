@@ -255,6 +255,11 @@ def test_wandb_offline_logs_tables_and_files(tmp_path, synth, monkeypatch):
         p.name for p in (offline[0] / "files").rglob("*.yaml")
     }
     assert {"cycle_1_symbols.json", "cycle_2_tokens.json", "config.yaml"} <= saved
+    # copies, not links: the run folder syncs from another machine
+    links = [Path(d) / n for d, dirs, names in os.walk(run / "wandb") for n in dirs + names]
+    assert [p for p in links if p.is_symlink()] == []
+    for name in ("discovery/cycle_1_symbols.json", "discovery/cycle_2_tokens.json", "config.yaml"):
+        assert (offline[0] / "files" / name).read_bytes() == (run / name).read_bytes(), name
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["cycle_state"]["wandb_id"] == offline[0].name.split("-")[-1]
 
