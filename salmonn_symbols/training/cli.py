@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..data.datamodule import SymbolDataModule
@@ -31,7 +31,15 @@ from .module import SymbolLitModule
 from .resume import check_resume_config
 from .schedule import CycleSchedule
 
-__all__ = ["RUN_OUTPUTS", "AtomicCheckpointIO", "SymbolCLI", "check_run_dir", "main", "run_lightning_cli"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "AtomicCheckpointIO",
+    "SymbolCLI",
+    "check_accelerator",
+    "check_run_dir",
+    "main",
+    "run_lightning_cli",
+]
 
 # what a fit writes into its run folder; --overwrite deletes these (the speech cache stays: it is keyed by weights)
 RUN_OUTPUTS = (
@@ -86,6 +94,21 @@ def check_run_dir(run_dir: str | None, ckpt_path: str | None, overwrite: bool) -
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def check_accelerator(accelerator: Any, configs: list | None) -> None:
+    """Refuses a GPU config on a machine without a CUDA device, in one line that says how to run on the CPU.
+
+    Raises:
+        ValueError: naming the config and the options that run it on the CPU.
+    """
+    if not isinstance(accelerator, str) or accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    names = ", ".join(str(getattr(c, "relative", c)) for c in configs or []) or "the config"
+    raise ValueError(
+        f"{names} asks for trainer.accelerator: {accelerator}, but this machine has no CUDA device; to run it on the "
+        f"CPU add --trainer.accelerator cpu --trainer.precision 32 (configs/tiny.yaml is the CPU-sized preset)"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, then renames it into place."""
 
@@ -128,6 +151,12 @@ class SymbolCLI(LightningCLI):
             default=False,
             help="start a new run in a --run_dir that holds one, deleting its checkpoints and discovery files",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        check_accelerator(cfg.trainer.accelerator, cfg.get("config"))  # before anything runs or prints
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -266,6 +295,7 @@ def run_lightning_cli(args: list[str]) -> int:
         SymbolGenerationError,
         FloatingPointError,
         torch.OutOfMemoryError,
+        MisconfigurationException,  # a Trainer setting this machine cannot honour (devices, accelerator)
     ) as e:
         print(f"salmonn-symbols {args[0]}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

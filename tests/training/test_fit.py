@@ -323,6 +323,16 @@ def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth,
     assert status == 2 and "llm_path = checkpoints/lmsys/vicuna-13b-v1.1" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA device")
+def test_gpu_preset_without_a_gpu_says_so_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    status = main(["fit", "--config", str(ROOT / "configs" / "salmonn_13b.yaml"), "--run_dir", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "salmonn_13b.yaml asks for trainer.accelerator: gpu, but this machine has no CUDA device" in err
+    assert "add --trainer.accelerator cpu --trainer.precision 32" in err and not run.exists()
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
     run = tmp_path / "run"
     cfg = str(_config(tmp_path, synth))
