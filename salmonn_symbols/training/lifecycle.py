@@ -6,7 +6,7 @@
     KeptMetrics     a resumed run keeps the metrics.csv rows logged up to its checkpoint
     InitialSymbols  symbols_cycle_0.json, written by a fresh run only
     StaleFiles      a resumed run moves files written after its checkpoint to stale/<time>/ (one history)
-    RunSummary      train/samples_per_s every epoch; at the end: files, symbols per cycle, accuracy, skipped
+    RunSummary      train/samples_per_sec every epoch; at the end: files, symbols per cycle, accuracy, skipped
                     samples, time (printed and written to summary.json)
 
 The epoch-end checkpoint itself is written by the module, after validation and discovery (`resume.save_epoch_end`).
@@ -275,7 +275,7 @@ def _cycle_of(name: str) -> int | None:
 class RunSummary(L.Callback):
     """Throughput and the end-of-run report.
 
-    Every training epoch logs ``train/samples_per_s``: samples of all ranks per second of training batches
+    Every training epoch logs ``train/samples_per_sec``: samples of all ranks per second of training batches
     (validation and the epoch-end work excluded). At the end of a fit, rank 0 prints where the run's files are,
     each label's symbol per cycle, the last validation accuracy with soft, hard and original labels, and the
     steps, time and throughput, and writes the same to ``summary.json``.
@@ -310,7 +310,7 @@ class RunSummary(L.Callback):
         seconds = max(self._last_batch_end - self._epoch_start, 1e-9)
         self._samples += self._epoch_samples
         self._seconds += seconds
-        pl_module.log("train/samples_per_s", self._epoch_samples / seconds, rank_zero_only=True)
+        pl_module.log("train/samples_per_sec", self._epoch_samples / seconds, rank_zero_only=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -334,7 +334,7 @@ class RunSummary(L.Callback):
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "seconds": round(time.perf_counter() - self._fit_start, 1),
-            "samples_per_s": round(self._samples / self._seconds, 2) if self._seconds else None,
+            "samples_per_sec": round(self._samples / self._seconds, 2) if self._seconds else None,
             "cycles": [h.cycle for h in book.history],
             "symbols": symbols,
             "accuracy": {m: pl_module.last_eval[m].get("mean/acc") for m in pl_module.last_eval},
@@ -351,7 +351,7 @@ def _lines(path: Path) -> int:
 def format_summary(s: dict[str, Any]) -> str:
     """The printed form of `RunSummary.summary`."""
     run = Path(s["run_dir"])
-    rate = f", {s['samples_per_s']} samples/s" if s["samples_per_s"] else ""
+    rate = f", {s['samples_per_sec']} samples/s" if s["samples_per_sec"] else ""
     lines = [f"\nrun finished: {run}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']:.0f} s{rate})"]
     width = max((len(lab) for lab in s["symbols"]), default=5)
     lines.append(f"symbols, cycle {' -> '.join(map(str, s['cycles']))}:")

@@ -1,5 +1,6 @@
 """The training system end to end at tiny size: cycles, discovery files, frozen groups, checkpoints, DDP."""
 
+import csv
 import json
 import os
 import subprocess
@@ -290,7 +291,12 @@ def test_skip_mode_counts_each_bad_sample_once_everywhere(tmp_path, synth, capsy
     lines = [json.loads(x) for x in (run / "skipped.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {first["id"], second["id"], "gone"} <= {x["id"] for x in lines}
     assert [x["what"] for x in lines if x["id"] == first["id"]] == ["audio is all zeros"]
-    assert json.loads((run / "summary.json").read_text())["skipped"] == 4
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped"] == 4 and summary["samples_per_sec"] > 0
+    rates = [
+        r["train/samples_per_sec"] for r in csv.DictReader(open(run / "metrics.csv")) if r["train/samples_per_sec"]
+    ]
+    assert len(rates) == 2 and all(float(r) > 0 for r in rates)  # one per epoch, under the issue's name
     assert f"skipped: 4 bad samples (on_bad_sample: skip), listed in {run / 'skipped.jsonl'}" in capsys.readouterr().out
 
 

@@ -82,7 +82,7 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
     for noise in ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated"):
         assert noise not in ref.stderr, noise
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())  # what the run printed at its end
-    assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_s"] > 0
+    assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_sec"] > 0
     run = tmp_path / "run"
     chain = [  # each run is killed (or stopped) at one point and the next one resumes from last.ckpt
         ({"point": "validation", "epoch": 1}, "SIGKILL"),  # after the MLP phase's last step, before discovery 1
