@@ -181,8 +181,11 @@ class SymbolCLI(LightningCLI):
         if path is None:
             return
         run = Path(cfg.get("run_dir") or path.parent.parent)
+        command = resume_command(run)
+        if cfg.ckpt_path != "last":
+            command = command.replace("--ckpt_path last", f"--ckpt_path {path}")
         advice = (
-            f"to continue the run unchanged: {resume_command(run)}\n"
+            f"to continue the run unchanged: {command}\n"
             "to train with the change: start a new run (the same command with another --run_dir, no --ckpt_path)"
         )
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
