@@ -277,6 +277,8 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # a resumed run writes into its own folder on purpose; KeptMetrics keeps the metrics.csv history
     warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+    # step checkpoints hold the state after the step on purpose: a resumed run continues with the next batch
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
     # deprecations inside transformers/peft and Lightning that their next releases fix
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

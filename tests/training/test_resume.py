@@ -79,7 +79,8 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
     ref = _fit(tone_config, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
     # a plain run starts without the warnings every run would print (they say nothing about this run)
-    for noise in ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated"):
+    noises = ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated")
+    for noise in (*noises, "manual optimization"):
         assert noise not in ref.stderr, noise
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())  # what the run printed at its end
     assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_sec"] > 0
