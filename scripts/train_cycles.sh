@@ -12,17 +12,29 @@
 # environment. SIGUSR1 arrives SIGNAL_LEAD seconds (default 300) before the end of TIME: the run finishes the
 # step or the epoch end (validation, discovery) in progress, writes last.ckpt, requeues the job and exits; the
 # requeued job resumes from last.ckpt. `kill -TERM` stops a run the same way, without the requeue.
-# RESUME=1 uses RUN_DIR/config.yaml, the run's own resolved config, unless CONFIG is given.
+# RESUME=1 uses RUN_DIR/config.yaml, the run's own resolved config, unless CONFIG is given; otherwise CONFIG is
+# required. GPUS (or GPUS_PER_NODE) and NODES are whole numbers of at least 1.
 # Extra arguments go to `salmonn-symbols fit` unchanged.
 set -euo pipefail
 
-if [ "${RESUME:-0}" = 1 ] && [ -z "${CONFIG:-}" ]; then
-    CONFIG=${RUN_DIR:?RESUME=1 needs RUN_DIR}/config.yaml
+die() { echo "train_cycles.sh: $*" >&2; exit 1; }
+whole() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1=$2: expected a whole number of at least 1"; }
+
+if [ "${RESUME:-0}" = 1 ]; then
+    [ -n "${RUN_DIR:-}" ] || die "RESUME=1 needs RUN_DIR, the folder of the run to continue"
+    LAST="$RUN_DIR/checkpoints/last.ckpt"
+    [ -f "$LAST" ] || { echo "RESUME=1 but $LAST does not exist: nothing to resume" >&2; exit 1; }
+    CONFIG=${CONFIG:-$RUN_DIR/config.yaml}
 fi
-CONFIG=${CONFIG:-configs/tiny.yaml}
+[ -n "${CONFIG:-}" ] || die "CONFIG is not set: name a training config (CONFIG=configs/tiny.yaml for a CPU try-out,
+    CONFIG=configs/salmonn_13b.yaml on GPUs), or continue a run with RESUME=1 RUN_DIR=<its folder>"
+[ -f "$CONFIG" ] || die "CONFIG=$CONFIG: no such file (relative paths start at $(pwd))"
+[ -r "$CONFIG" ] || die "CONFIG=$CONFIG: the file is not readable"
 RUN_DIR=${RUN_DIR:-runs/$(basename "${CONFIG%.yaml}")}
 GPUS=${GPUS:-${GPUS_PER_NODE:-1}}
 NODES=${NODES:-1}
+whole GPUS "$GPUS"
+whole NODES "$NODES"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
@@ -30,7 +42,6 @@ LAST="$RUN_DIR/checkpoints/last.ckpt"
 
 args=(fit --config "$CONFIG" --run_dir "$RUN_DIR")
 if [ "${RESUME:-0}" = 1 ]; then
-    [ -f "$LAST" ] || { echo "RESUME=1 but $LAST does not exist: nothing to resume" >&2; exit 1; }
     args+=(--ckpt_path last)
 elif [ "${SLURM_RESTART_COUNT:-0}" != 0 ]; then
     # a requeued job: continue from the checkpoint, or start again if it was stopped before the first one

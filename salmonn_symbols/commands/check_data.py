@@ -1,7 +1,10 @@
 """``salmonn-symbols check-data``: find every data problem before a long GPU job.
 
 Reads every manifest line and decodes every audio file (in worker processes, with a progress bar), prints
-each problem as ``file:line: what is wrong``, then a summary, and exits non-zero if anything is wrong.
+each problem as ``file:line: what is wrong``, then the problems by kind and a summary, and exits non-zero if
+anything is wrong. ``skipped`` counts what training with ``on_bad_sample: skip`` skips (bad manifest lines and
+clips that cannot be decoded: the lines of its ``skipped.jsonl``); ``problems`` adds what stops a run (a task
+config that cannot be read, a split with no usable sample).
 
     target: a task YAML ─► its splits
             a training config (configs/tiny.yaml) ─► every task YAML of its data.tasks ─► their splits
@@ -19,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..data.audio import SAMPLE_RATE
-from ..data.manifest import DataError, Sample, read_split
+from ..data.manifest import DataError, DataProblem, EmptySplitError, Sample, problem_kinds, read_split
 from ..data.tasks import TaskConfig, load_task_config
 
 __all__ = ["add_args", "check_data", "run"]
@@ -94,52 +97,76 @@ def _labels_in(path: Path, fmt: str) -> list[str]:
     return list(found)
 
 
-def _decode(job: tuple[Sample, TaskConfig]) -> float | str:
-    """Seconds of audio, or the problem as ``file:line: what``."""
+def _decode(job: tuple[Sample, TaskConfig]) -> float | DataProblem:
+    """Seconds of audio, or the problem, located at the sample's manifest line."""
     from ..data.dataset import SpeechDataset
 
     sample, cfg = job
     item = SpeechDataset([[sample]], [cfg], on_bad_sample="skip")[(0, 0, 0)]
     if "skipped" in item:
         p = item["skipped"]
-        return f"{sample.where}: {p.what}" + (f" ({p.where})" if p.where != sample.where else "")
+        what = p.what + (f" ({p.where})" if p.where != sample.where else "")
+        return DataProblem(sample.where, what, sample.id)
     return item["wav"].numel() / SAMPLE_RATE
 
 
 def check_data(target: str, workers: int = 2, progress: bool = True, out=None) -> int:
-    """Checks a task YAML (all its splits) or a single manifest; returns the number of problems."""
-    from tqdm import tqdm
-
+    """Checks a task YAML (all its splits), a training config (every task) or a single manifest; returns the
+    number of problems (skipped samples and errors)."""
     out = out or sys.stdout  # looked up at call time: sys.stdout may have been replaced since import
 
-    problems: list[str] = []
+    errors: list[str] = []  # what stops a run
+    skipped: list[DataProblem] = []  # what a run with on_bad_sample: skip drops
     labels: Counter = Counter()
     seconds, n_samples = 0.0, 0
-    for cfg, split in _configs(target, problems):
+    for cfg, split in _configs(target, errors):
         try:
             samples, bad = read_split(cfg, split, on_bad_sample="skip")
-        except (DataError, FileNotFoundError) as e:
-            problems.append(str(e))
+        except EmptySplitError as e:
+            skipped += e.problems
+            errors.append(str(e.problem).split("\n")[0])
             continue
-        problems += [str(p) for p in bad]
+        except (DataError, FileNotFoundError) as e:
+            errors.append(str(e))
+            continue
+        skipped += bad
         n_samples += len(samples)
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(_decode, [(s, cfg) for s in samples], chunksize=8)
-            for res in tqdm(
-                results, total=len(samples), desc=f"{cfg.name}/{split}", disable=not progress, file=sys.stderr
-            ):
-                if isinstance(res, str):
-                    problems.append(res)
-                else:
-                    seconds += res
+        seconds += _decode_all(samples, cfg, split, workers, progress, skipped)
         for s in samples:
             labels.update(f"{cfg.name}/{split}/{lab}" for lab in s.labels)
-    for p in problems:
+    for p in skipped:
         print(p, file=out)
-    print(f"\nsamples: {n_samples}   audio: {seconds / 3600:.3f} h   problems: {len(problems)}", file=out)
+    for e in errors:
+        print(e, file=out)
+    if skipped:
+        print(f"\nskipped samples by kind ({len(skipped)}):", file=out)
+        for line in problem_kinds(skipped):
+            print(f"  {line}", file=out)
+    problems = len(skipped) + len(errors)
+    print(
+        f"\nsamples: {n_samples}   audio: {seconds / 3600:.3f} h   skipped: {len(skipped)}   problems: {problems}",
+        file=out,
+    )
     for key, n in sorted(labels.items()):
         print(f"  {key}: {n}", file=out)
-    return len(problems)
+    return problems
+
+
+def _decode_all(
+    samples: list[Sample], cfg: TaskConfig, split: str, workers: int, progress: bool, skipped: list[DataProblem]
+) -> float:
+    """Decodes every sample in worker processes; appends the clips that fail to ``skipped``, returns seconds."""
+    from tqdm import tqdm
+
+    seconds = 0.0
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_decode, [(s, cfg) for s in samples], chunksize=8)
+        for res in tqdm(results, total=len(samples), desc=f"{cfg.name}/{split}", disable=not progress, file=sys.stderr):
+            if isinstance(res, DataProblem):
+                skipped.append(res)
+            else:
+                seconds += res
+    return seconds
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

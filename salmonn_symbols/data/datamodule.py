@@ -120,7 +120,9 @@ class SymbolDataModule(L.LightningDataModule):
             for t in self.tasks:
                 samples, problems = read_split(t, self.split_names[role], self.on_bad_sample)
                 if problems:
-                    log.warning("%s/%s: skipped %d bad samples", t.name, role, len(problems))
+                    # clips that cannot be decoded are found later, as batches meet them: the run summary and
+                    # skipped.jsonl give the total
+                    log.warning("%s/%s: skipped %d bad manifest lines", t.name, role, len(problems))
                 self.problems += problems
                 out.append(samples)
             self.splits[role] = out

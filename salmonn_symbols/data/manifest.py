@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .tasks import TaskConfig
 
-__all__ = ["DataError", "DataProblem", "Sample", "read_split"]
+__all__ = ["DataError", "DataProblem", "EmptySplitError", "Sample", "problem_kinds", "read_split"]
 
 
 @dataclass
@@ -40,6 +43,32 @@ class DataError(ValueError):
     def __init__(self, problem: DataProblem):
         self.problem = problem
         super().__init__(str(problem))
+
+
+class EmptySplitError(DataError):
+    """A split with no usable sample; ``problems`` holds why each of its lines was skipped."""
+
+    def __init__(self, problem: DataProblem, problems: Sequence[DataProblem]):
+        self.problems = list(problems)
+        super().__init__(problem)
+
+
+def _kind(what: str) -> str:
+    """What is wrong, without the values that differ between samples (names, numbers, lists, details)."""
+    head = re.split(r": | \(", what, maxsplit=1)[0]
+    return re.sub(r"'[^']*'|\[[^\]]*\]|\b\d+\b", "…", head)
+
+
+def problem_kinds(problems: Sequence[DataProblem], examples: int = 3) -> list[str]:
+    """One line per kind of problem, most frequent first: ``12 × audio file not found (file:3, file:4, ...)``."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for p in problems:
+        groups[_kind(p.what)].append(p.where)
+    lines = []
+    for kind, wheres in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        more = ", ..." if len(wheres) > examples else ""
+        lines.append(f"{len(wheres)} × {kind} ({', '.join(wheres[:examples])}{more})")
+    return lines
 
 
 @dataclass
@@ -109,12 +138,10 @@ def read_split(cfg: TaskConfig, split: str, on_bad_sample: str = "error") -> tup
                 raise
             problems.append(e.problem)
     if not samples:
-        raise DataError(
-            DataProblem(
-                str(path),
-                f"split {split!r} of dataset {cfg.name!r} has no usable samples"
-                + (f" ({len(problems)} skipped)" if problems else ""),
-            )
+        why = "".join(f"\n  {line}" for line in problem_kinds(problems))
+        msg = f"split {split!r} of dataset {cfg.name!r} has no usable samples"
+        raise EmptySplitError(
+            DataProblem(str(path), msg + (f" ({len(problems)} skipped):{why}" if why else "")), problems
         )
     return samples, problems
 

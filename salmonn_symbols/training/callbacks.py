@@ -4,7 +4,8 @@
     NonFiniteCheck   reports the first skipped non-finite step: every logging interval, epoch end, checkpoint
     PhaseIntegrity   frozen group bitwise unchanged each epoch, identical weights on every rank (phase_checks.jsonl)
     SkippedSamples   samples skipped with on_bad_sample: skip, from every rank, once each (skipped.jsonl)
-    DiscoveryTables  W&B views of each discovery: symbols, evolution, similarity, accuracy (rank 0)
+    DiscoveryTables  W&B views of each discovery: symbols, evolution, similarity, accuracy; files saved as copies
+                     (no symlinks under <run>/wandb, so the folder syncs from another machine) (rank 0)
     FinalExport      trainable weights, the LoRA as a peft adapter, and the final symbol book (rank 0)
 
 Callbacks read the module through the hook arguments; none of them changes what the module learns.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write, atomic_write_json, atomic_write_text
 from .cycle import DiscoveryRecord
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "SkippedSamples",
     "digest",
     "notify_discovery",
+    "resolve_links",
+    "save_copy",
     "wandb_run",
 ]
 
@@ -123,6 +127,12 @@ class PhaseIntegrity(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = self._digests(pl_module)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self._start}  # a run resumed mid-epoch checks against its epoch's true start
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._start = state_dict.get("start")
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         info = pl_module.phase()
         end = self._digests(pl_module)
@@ -196,7 +206,9 @@ class DiscoveryTables(L.Callback):
     At each discovery: a new per-cycle ``symbols`` table, a fresh ``evolution`` table with every cycle so far (a
     logged table object never updates, so it is rebuilt each time), a similarity-per-label line chart, a bar
     chart of validation accuracy for soft / hard / original labels, and the discovery JSONs as run files. At the
-    start of training the resolved config is saved with the run.
+    start of training the resolved config is saved with the run. Saved files are copies in the run's ``files/``
+    folder, and at the end of the fit W&B's own links are replaced by copies: the run folder stays whole when it
+    is copied to the machine that syncs it.
     """
 
     def __init__(self) -> None:
@@ -208,7 +220,11 @@ class DiscoveryTables(L.Callback):
             pl_module.wandb_id = run.id
             cfg = pl_module.out_dir / "config.yaml"
             if cfg.exists():
-                run.save(str(cfg), base_path=str(pl_module.out_dir), policy="now")
+                save_copy(run, cfg, pl_module.out_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and wandb_run(trainer.loggers) is not None:
+            resolve_links(pl_module.out_dir / "wandb")
 
     def on_discovery(self, trainer, pl_module, record: DiscoveryRecord) -> None:
         if not trainer.is_global_zero or record.changes is None:
@@ -252,7 +268,29 @@ class DiscoveryTables(L.Callback):
             }
         )
         for f in record.files:
-            wb.experiment.save(str(f), base_path=str(Path(f).parent.parent), policy="now")
+            save_copy(wb.experiment, Path(f), Path(f).parent.parent)
+
+
+def save_copy(run, path: Path, base: Path) -> Path:
+    """Copies ``path`` into the W&B run's ``files/`` folder (at its place relative to ``base``) and saves it with
+    the run. ``run.save`` of the file itself would link it with an absolute symlink in offline mode, which breaks
+    when the run folder is copied to the machine that syncs it."""
+    files = Path(run.dir)
+    dest = files / path.relative_to(base)
+    atomic_write(dest, lambda f: f.write(path.read_bytes()))
+    run.save(str(dest), base_path=str(files), policy="now")  # already in place: recorded, not linked
+    return dest
+
+
+def resolve_links(folder: Path) -> None:
+    """Replaces every symlink under ``folder`` with a copy of the file it points to (W&B links its debug logs, one
+    of them into ``~/.cache``), and drops links to folders (``latest-run``), so the folder can be copied as is."""
+    links = [Path(d) / n for d, dirs, names in os.walk(folder) for n in dirs + names if (Path(d) / n).is_symlink()]
+    for link in links:
+        target = link.resolve()
+        link.unlink()
+        if target.is_file():
+            atomic_write(link, lambda f, t=target: f.write(t.read_bytes()))
 
 
 class FinalExport(L.Callback):

@@ -14,22 +14,32 @@ import os
 import shutil
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ..data.datamodule import SymbolDataModule
 from ..io import atomic_write
-from .lifecycle import KeptMetrics, StepCheckpoint
+from .lifecycle import KeptMetrics, StepCheckpoint, resume_command
 from .module import SymbolLitModule
+from .resume import check_resume_config
 from .schedule import CycleSchedule
 
-__all__ = ["RUN_OUTPUTS", "AtomicCheckpointIO", "SymbolCLI", "check_run_dir", "main", "run_lightning_cli"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "AtomicCheckpointIO",
+    "SymbolCLI",
+    "check_accelerator",
+    "check_run_dir",
+    "main",
+    "run_lightning_cli",
+]
 
 # what a fit writes into its run folder; --overwrite deletes these (the speech cache stays: it is keyed by weights)
 RUN_OUTPUTS = (
@@ -42,6 +52,7 @@ RUN_OUTPUTS = (
     "metrics.csv",
     "phase_checks.jsonl",
     "skipped.jsonl",
+    "stale",
     "summary.json",
     "symbols_cycle_0.json",
     "symbols_final.json",
@@ -81,6 +92,21 @@ def check_run_dir(run_dir: str | None, ckpt_path: str | None, overwrite: bool) -
         for name in RUN_OUTPUTS:
             path = run / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def check_accelerator(accelerator: Any, configs: list | None) -> None:
+    """Refuses a GPU config on a machine without a CUDA device, in one line that says how to run on the CPU.
+
+    Raises:
+        ValueError: naming the config and the options that run it on the CPU.
+    """
+    if not isinstance(accelerator, str) or accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    names = ", ".join(str(getattr(c, "relative", c)) for c in configs or []) or "the config"
+    raise ValueError(
+        f"{names} asks for trainer.accelerator: {accelerator}, but this machine has no CUDA device; to run it on the "
+        f"CPU add --trainer.accelerator cpu --trainer.precision 32 (configs/tiny.yaml is the CPU-sized preset)"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -126,6 +152,12 @@ class SymbolCLI(LightningCLI):
             help="start a new run in a --run_dir that holds one, deleting its checkpoints and discovery files",
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        check_accelerator(cfg.trainer.accelerator, cfg.get("config"))  # before anything runs or prints
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         s = cfg.model.schedule
@@ -140,16 +172,32 @@ class SymbolCLI(LightningCLI):
             self._use_run_dir(cfg, cfg.run_dir)
         if cfg.get("ckpt_path"):
             self._resume_wandb(cfg)
-            if self.subcommand == "fit" and cfg.get("run_dir") and rank_zero_only.rank == 0:
-                KeptMetrics.put_aside(cfg.run_dir)  # before Lightning's CSVLogger deletes it
+
+    def before_fit(self) -> None:
+        """Refuses a resume that does not match its checkpoint before the Trainer writes anything (config.yaml,
+        metrics.csv, symbols, logs), so a refused resume leaves the run as it was; then keeps its metrics.csv."""
+        cfg = self.config.fit
+        path = _checkpoint_file(cfg)
+        if path is None:
+            return
+        run = Path(cfg.get("run_dir") or path.parent.parent)
+        command = resume_command(run)
+        if cfg.ckpt_path != "last":
+            command = command.replace("--ckpt_path last", f"--ckpt_path {path}")
+        advice = (
+            f"to continue the run unchanged: {command}\n"
+            "to train with the change: start a new run (the same command with another --run_dir, no --ckpt_path)"
+        )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        check_resume_config(checkpoint, asdict(self.model.model_cfg), self.datamodule.labels, advice)
+        if cfg.get("run_dir") and rank_zero_only.rank == 0:
+            KeptMetrics.put_aside(cfg.run_dir)  # before Lightning's CSVLogger deletes it
 
     @staticmethod
     def _resume_wandb(cfg) -> None:
         """Continues the same W&B run (one monotonic step axis) when resuming from a checkpoint."""
-        path = cfg.ckpt_path
-        if path == "last" and cfg.get("run_dir"):
-            path = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(path):
+        path = _checkpoint_file(cfg)
+        if path is None:
             return
         wandb_id = torch.load(path, map_location="cpu", weights_only=True).get("cycle_state", {}).get("wandb_id")
         logger = cfg.trainer.logger
@@ -190,6 +238,14 @@ class SymbolCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def _checkpoint_file(cfg) -> Path | None:
+    """The checkpoint file ``--ckpt_path`` names (``last``: the run folder's last.ckpt), or None."""
+    path = cfg.get("ckpt_path")
+    if path == "last" and cfg.get("run_dir"):
+        path = os.path.join(cfg.run_dir, "checkpoints", "last.ckpt")
+    return Path(path) if path and os.path.isfile(path) else None
+
+
 def _default_wandb(save_dir: str):
     """W&B, offline unless an API key is configured (``wandb sync <run>/wandb/offline-run-*`` uploads it)."""
     from jsonargparse import Namespace
@@ -221,6 +277,8 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # a resumed run writes into its own folder on purpose; KeptMetrics keeps the metrics.csv history
     warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+    # step checkpoints hold the state after the step on purpose: a resumed run continues with the next batch
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
     # deprecations inside transformers/peft and Lightning that their next releases fix
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -242,6 +300,7 @@ def run_lightning_cli(args: list[str]) -> int:
         SymbolGenerationError,
         FloatingPointError,
         torch.OutOfMemoryError,
+        MisconfigurationException,  # a Trainer setting this machine cannot honour (devices, accelerator)
     ) as e:
         print(f"salmonn-symbols {args[0]}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

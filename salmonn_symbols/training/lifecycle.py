@@ -4,8 +4,10 @@
     GracefulStop    SIGTERM / SIGUSR1 ─► finish the step (or the epoch end) in progress ─► last.ckpt ─► stop;
                     SIGUSR1 on SLURM also requeues the job, which resumes from that checkpoint
     KeptMetrics     a resumed run keeps the metrics.csv rows logged up to its checkpoint
-    RunSummary      train/samples_per_s every epoch; at the end: files, symbols per cycle, accuracy, time
-                    (printed and written to summary.json)
+    InitialSymbols  symbols_cycle_0.json, written by a fresh run only
+    StaleFiles      a resumed run moves files written after its checkpoint to stale/<time>/ (one history)
+    RunSummary      train/samples_per_sec every epoch; at the end: files, symbols per cycle, accuracy, skipped
+                    samples, time (printed and written to summary.json)
 
 The epoch-end checkpoint itself is written by the module, after validation and discovery (`resume.save_epoch_end`).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +33,17 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["GracefulStop", "KeptMetrics", "RunSummary", "StepCheckpoint", "resume_command"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GracefulStop",
+    "InitialSymbols",
+    "KeptMetrics",
+    "RunSummary",
+    "StaleFiles",
+    "StepCheckpoint",
+    "resume_command",
+]
 
 
 def resume_command(run_dir: Path) -> str:
@@ -190,10 +204,78 @@ class KeptMetrics(L.Callback):
         aside.unlink()
 
 
+class InitialSymbols(L.Callback):
+    """Writes ``symbols_cycle_0.json``, the symbols the run starts from, when a fresh run starts training (rank 0).
+    A resumed run leaves the file alone: its checkpoint's book holds cycle 0, and a changed ``symbol_seed`` must
+    not rewrite the run's history."""
+
+    def __init__(self) -> None:
+        self._resumed = False
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._resumed = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self._resumed and trainer.is_global_zero:
+            atomic_write_json(pl_module.out_dir / "symbols_cycle_0.json", pl_module.cycle.book.state_dict())
+
+
+class StaleFiles(L.Callback):
+    """A resumed run moves aside what the interrupted run wrote after the restored checkpoint, so that the run's
+    files describe one history: discovery files of cycles the checkpoint's book has not discovered, the final
+    files (``symbols_final.json``, ``summary.json``, ``export/``, ``symbol_evolution.png``; kept when the
+    checkpoint is the run's last state) and the ``phase_checks.jsonl`` records of the epochs trained again.
+    They go to ``<run>/stale/<time>/`` on rank 0, and the log names them."""
+
+    FINAL = ("symbols_final.json", "summary.json", "export", "symbol_evolution.png")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        run, sampler = pl_module.out_dir, checkpoint.get("sampler", {})
+        first = sampler.get("epoch", 0) + bool(sampler.get("at_epoch_end"))  # the first epoch trained again
+        aside = run / "stale" / time.strftime("%Y%m%d-%H%M%S")
+        moved = self._move(run, aside, checkpoint.get("symbols", {}).get("history", []), first >= trainer.max_epochs)
+        if self._trim_phase_checks(run, aside, first):
+            moved.append(f"phase_checks.jsonl (records of epoch >= {first})")
+        if moved:
+            log.warning("resumed from a checkpoint older than these files; moved to %s: %s", aside, ", ".join(moved))
+
+    def _move(self, run: Path, aside: Path, history: list[dict[str, Any]], finished: bool) -> list[str]:
+        found = {h.get("cycle") for h in history if h.get("source") == "discovered"}
+        stale = [p for p in sorted((run / "discovery").glob("cycle_*_*.json")) if _cycle_of(p.name) not in found]
+        stale += [] if finished else [run / name for name in self.FINAL if (run / name).exists()]
+        for path in stale:
+            dest = aside / path.relative_to(run)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        return [str(p.relative_to(run)) for p in stale]
+
+    @staticmethod
+    def _trim_phase_checks(run: Path, aside: Path, first: int) -> bool:
+        path = run / "phase_checks.jsonl"
+        if not path.is_file():
+            return False
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["epoch"] < first]
+        if len(kept) == len(lines):
+            return False
+        aside.mkdir(parents=True, exist_ok=True)
+        os.replace(path, aside / path.name)
+        atomic_write_text(path, "".join(kept))
+        return True
+
+
+def _cycle_of(name: str) -> int | None:
+    """N of a discovery file ``cycle_N_{tokens,symbols}.json``."""
+    part = name.split("_")[1]
+    return int(part) if part.isdigit() else None
+
+
 class RunSummary(L.Callback):
     """Throughput and the end-of-run report.
 
-    Every training epoch logs ``train/samples_per_s``: samples of all ranks per second of training batches
+    Every training epoch logs ``train/samples_per_sec``: samples of all ranks per second of training batches
     (validation and the epoch-end work excluded). At the end of a fit, rank 0 prints where the run's files are,
     each label's symbol per cycle, the last validation accuracy with soft, hard and original labels, and the
     steps, time and throughput, and writes the same to ``summary.json``.
@@ -228,7 +310,7 @@ class RunSummary(L.Callback):
         seconds = max(self._last_batch_end - self._epoch_start, 1e-9)
         self._samples += self._epoch_samples
         self._seconds += seconds
-        pl_module.log("train/samples_per_s", self._epoch_samples / seconds, rank_zero_only=True)
+        pl_module.log("train/samples_per_sec", self._epoch_samples / seconds, rank_zero_only=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -252,18 +334,24 @@ class RunSummary(L.Callback):
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "seconds": round(time.perf_counter() - self._fit_start, 1),
-            "samples_per_s": round(self._samples / self._seconds, 2) if self._seconds else None,
+            "samples_per_sec": round(self._samples / self._seconds, 2) if self._seconds else None,
             "cycles": [h.cycle for h in book.history],
             "symbols": symbols,
             "accuracy": {m: pl_module.last_eval[m].get("mean/acc") for m in pl_module.last_eval},
+            "skipped": _lines(out / "skipped.jsonl"),  # what check-data counts as skipped, each sample once
             "files": files,
         }
+
+
+def _lines(path: Path) -> int:
+    """Non-empty lines of a text file (0 when it does not exist)."""
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def format_summary(s: dict[str, Any]) -> str:
     """The printed form of `RunSummary.summary`."""
     run = Path(s["run_dir"])
-    rate = f", {s['samples_per_s']} samples/s" if s["samples_per_s"] else ""
+    rate = f", {s['samples_per_sec']} samples/s" if s["samples_per_sec"] else ""
     lines = [f"\nrun finished: {run}  ({s['epochs']} epochs, {s['steps']} steps, {s['seconds']:.0f} s{rate})"]
     width = max((len(lab) for lab in s["symbols"]), default=5)
     lines.append(f"symbols, cycle {' -> '.join(map(str, s['cycles']))}:")
@@ -271,6 +359,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["accuracy"]:
         acc = "  ".join(f"{m} {v:.3f}" for m, v in s["accuracy"].items() if v is not None)
         lines.append(f"validation accuracy (mean over datasets), last evaluation: {acc}")
+    if s.get("skipped"):
+        lines.append(f"skipped: {s['skipped']} bad samples (on_bad_sample: skip), listed in {run / 'skipped.jsonl'}")
     lines.append(f"files: {', '.join(s['files'])} (and summary.json) in {run}")
     lines.append(f"next: salmonn-symbols inspect {run}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """SymbolLitModule: the research loop of alternating LoRA / symbol-MLP training with discovery, in one ``fit``.
 
-    setup ─► random 2-token symbols (cycle 0, saved before any training) ─► model + datamodule
+    setup ─► random 2-token symbols (cycle 0; a fresh run saves them before training) ─► model + datamodule
     every epoch: CycleSchedule.at(epoch) → (cycle, phase)
        training_step: one PhaseStep; only the active group's optimizer steps
           LoRA phase: symbols through the frozen MLP (soft by default)
@@ -39,7 +39,7 @@ from .compile import compile_blocks
 from .cycle import SymbolCycle
 from .evaluation import EVAL_MODES, Evaluator, check_modes
 from .fsdp import SymbolFSDPStrategy, average_gradients, shard_llm
-from .lifecycle import GracefulStop, KeptMetrics, RunSummary
+from .lifecycle import GracefulStop, InitialSymbols, KeptMetrics, RunSummary, StaleFiles
 from .resume import load_training_state, save_epoch_end, save_training_state, set_rng_state
 from .schedule import CycleSchedule, PhaseInfo
 from .speech_cache import RunSpeechCache
@@ -172,10 +172,6 @@ class SymbolLitModule(L.LightningModule):
         self.cycle.hand_over(self.model, self.symtok, dm)
         self.cycle.snapshot_lora(self.model)
         out = self.out_dir  # resolved collectively before any rank-0-only write
-        if self.trainer.is_global_zero:
-            from ..io import atomic_write_json
-
-            atomic_write_json(out / "symbols_cycle_0.json", book.state_dict())
         log.info("run outputs: %s", out)
 
     def _broadcast(self, obj: Any) -> Any:
@@ -191,7 +187,7 @@ class SymbolLitModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         callbacks = [CycleMetrics(), NonFiniteCheck(), SkippedSamples(), DiscoveryTables(), FinalExport()]
-        callbacks += [GracefulStop(), KeptMetrics(), RunSummary()]
+        callbacks += [GracefulStop(), KeptMetrics(), InitialSymbols(), StaleFiles(), RunSummary()]
         return callbacks + ([PhaseIntegrity()] if self.hparams.verify_groups else [])
 
     # ------------------------------------------------------------------------------------------ optimizers

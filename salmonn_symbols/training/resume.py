@@ -127,8 +127,14 @@ def load_training_state(module, checkpoint: dict[str, Any]) -> dict[str, Any] | 
     return checkpoint.get("rng")
 
 
-def check_resume_config(checkpoint: dict[str, Any], model_cfg: dict[str, Any], labels: list[str] | None) -> None:
-    """Refuses a resume whose model or label set differs from the checkpoint's in a way that matters."""
+def check_resume_config(
+    checkpoint: dict[str, Any],
+    model_cfg: dict[str, Any],
+    labels: list[str] | None,
+    advice: str = "resume with the run's saved config.yaml, or start a new run_dir",
+) -> None:
+    """Refuses a resume whose model or label set differs from the checkpoint's in a way that matters; the error
+    ends with ``advice`` (what to run instead)."""
     saved = checkpoint.get("cycle_state", {}).get("model_cfg", {})
     diff = [
         f"model.model.{k}: {saved[k]!r} -> {model_cfg.get(k)!r}"
@@ -142,7 +148,8 @@ def check_resume_config(checkpoint: dict[str, Any], model_cfg: dict[str, Any], l
         raise ValueError(
             "cannot resume: the config differs from the checkpoint's in a way that matters:\n  "
             + "\n  ".join(diff)
-            + "\nresume with the run's saved config.yaml, or start a new run_dir"
+            + "\n"
+            + advice
         )
 
 

@@ -96,7 +96,7 @@ def test_demo_runs_two_cycles_and_prints_the_evolution(tmp_path, capsys):
         "cycle_2_tokens.json",
     ]
     summary = json.loads((demo / "summary.json").read_text())
-    assert summary["samples_per_s"] > 0 and summary["cycles"] == [0, 1, 2] and len(summary["symbols"]) == 10
+    assert summary["samples_per_sec"] > 0 and summary["cycles"] == [0, 1, 2] and len(summary["symbols"]) == 10
     assert main(["validate-discovery", str(demo / "discovery")]) == 0
     assert main(["inspect", str(demo / "discovery"), "--no-png"]) == 0
     assert "cycle 2" in capsys.readouterr().out

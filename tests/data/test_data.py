@@ -432,6 +432,21 @@ def test_check_data_reports_every_problem(tmp_path, capsys):
     assert "problems: 0" in capsys.readouterr().out
 
 
+def test_a_split_with_no_usable_sample_names_its_reasons_by_kind(tmp_path, capsys):
+    rows = [{"id": f"m{i}", "audio": f"audio/gone{i}.wav", "label": "joy"} for i in range(4)] + ["{bad"]
+    path = _task(tmp_path, {"train": rows})
+    with pytest.raises(DataError) as info:
+        read_split(load_task_config(path), "train", on_bad_sample="skip")
+    first = ", ".join(f"{tmp_path / 'train.jsonl'}:{n}" for n in (1, 2, 3))
+    assert f"has no usable samples (5 skipped):\n  4 × audio file not found ({first}, ...)" in str(info.value)
+    assert f"\n  1 × line is not valid JSON ({tmp_path / 'train.jsonl'}:5)" in str(info.value)
+    assert main(["check-data", str(path), "--workers", "1", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"4 × audio file not found ({first}, ...)" in out and "1 × line is not valid JSON" in out
+    assert "samples: 0" in out and "skipped: 5   problems: 6" in out  # every bad line, and the empty split
+    assert f"{tmp_path / 'train.jsonl'}:4: audio file not found" in out
+
+
 def test_check_data_on_a_training_config_checks_every_task(tmp_path, capsys):
     good = _task(tmp_path, {"train": _rows(tmp_path, 3)})
     missing = tmp_path / "gone" / "task.yaml"

@@ -1,5 +1,6 @@
 """The training system end to end at tiny size: cycles, discovery files, frozen groups, checkpoints, DDP."""
 
+import csv
 import json
 import os
 import subprocess
@@ -255,11 +256,18 @@ def test_wandb_offline_logs_tables_and_files(tmp_path, synth, monkeypatch):
         p.name for p in (offline[0] / "files").rglob("*.yaml")
     }
     assert {"cycle_1_symbols.json", "cycle_2_tokens.json", "config.yaml"} <= saved
+    # copies, not links: the run folder syncs from another machine
+    links = [Path(d) / n for d, dirs, names in os.walk(run / "wandb") for n in dirs + names]
+    assert [p for p in links if p.is_symlink()] == []
+    for name in ("discovery/cycle_1_symbols.json", "discovery/cycle_2_tokens.json", "config.yaml"):
+        assert (offline[0] / "files" / name).read_bytes() == (run / name).read_bytes(), name
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["cycle_state"]["wandb_id"] == offline[0].name.split("-")[-1]
 
 
-def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
+def test_skip_mode_counts_each_bad_sample_once_everywhere(tmp_path, synth, capsys):
+    """Bad manifest lines and clips that cannot be decoded: check-data, skipped.jsonl and the run summary give
+    the same count."""
     import shutil
 
     import numpy as np
@@ -267,29 +275,29 @@ def test_skip_mode_writes_skipped_jsonl(tmp_path, synth):
 
     copy = tmp_path / "synth"
     shutil.copytree(Path(synth["speaker"]).parent.parent, copy)
-    first = json.loads((copy / "speaker" / "train.jsonl").read_text().splitlines()[0])
+    manifest = copy / "speaker" / "train.jsonl"
+    first, second = (json.loads(x) for x in manifest.read_text().splitlines()[:2])
     sf.write(copy / "speaker" / first["audio"], np.zeros(16000, dtype=np.float32), 16000)  # an all-zero clip
+    (copy / "speaker" / second["audio"]).write_bytes(b"RIFF, but not audio")  # a clip that cannot be decoded
+    gone = {**first, "id": "gone", "audio": "audio/gone.wav"}
+    manifest.write_text(manifest.read_text() + "{not json\n" + json.dumps(gone) + "\n")  # two bad lines
+    task = copy / "speaker" / "task.yaml"
+    assert main(["check-data", str(task), "--workers", "1", "--no-progress"]) == 1
+    assert "skipped: 4   problems: 4" in capsys.readouterr().out
     cfg = _config(tmp_path, {k: copy / k / "task.yaml" for k in synth})
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(cfg),
-                "--data.on_bad_sample",
-                "skip",
-                "--run_dir",
-                str(tmp_path / "run"),
-                "--model.schedule.cycles",
-                "1",
-                "--model.rescore",
-                "false",
-            ]
-        )
-        == 0
-    )
-    lines = [json.loads(x) for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
-    assert [x["id"] for x in lines] == [first["id"]] and lines[0]["what"] == "audio is all zeros"
+    run = tmp_path / "run"
+    args = ["--data.on_bad_sample", "skip", "--run_dir", str(run), "--model.schedule.cycles", "1"]
+    assert main(["fit", "--config", str(cfg), *args, "--model.rescore", "false"]) == 0
+    lines = [json.loads(x) for x in (run / "skipped.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {first["id"], second["id"], "gone"} <= {x["id"] for x in lines}
+    assert [x["what"] for x in lines if x["id"] == first["id"]] == ["audio is all zeros"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped"] == 4 and summary["samples_per_sec"] > 0
+    rates = [
+        r["train/samples_per_sec"] for r in csv.DictReader(open(run / "metrics.csv")) if r["train/samples_per_sec"]
+    ]
+    assert len(rates) == 2 and all(float(r) > 0 for r in rates)  # one per epoch, under the issue's name
+    assert f"skipped: 4 bad samples (on_bad_sample: skip), listed in {run / 'skipped.jsonl'}" in capsys.readouterr().out
 
 
 def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth, capsys):
@@ -321,6 +329,16 @@ def test_shipped_configs_parse_and_missing_weights_name_the_key(tmp_path, synth,
     assert status == 2 and "llm_path = checkpoints/lmsys/vicuna-13b-v1.1" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA device")
+def test_gpu_preset_without_a_gpu_says_so_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    status = main(["fit", "--config", str(ROOT / "configs" / "salmonn_13b.yaml"), "--run_dir", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "salmonn_13b.yaml asks for trainer.accelerator: gpu, but this machine has no CUDA device" in err
+    assert "add --trainer.accelerator cpu --trainer.precision 32" in err and not run.exists()
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
     run = tmp_path / "run"
     cfg = str(_config(tmp_path, synth))
@@ -331,6 +349,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
         == 0
     )
     capsys.readouterr()
+    before = _tree(run)
     status = main(
         [
             "fit",
@@ -348,6 +367,23 @@ def test_resume_with_a_different_model_is_refused(tmp_path, synth, capsys):
     )
     err = capsys.readouterr().err
     assert status == 2 and "model.model.lora_r: 8 -> 4" in err
+    assert _tree(run) == before  # refused before anything was written: metrics, config, symbols, checkpoints
+    advised = err.split("to continue the run unchanged: ")[1].splitlines()[0].split()
+    assert advised[:2] == ["salmonn-symbols", "fit"] and main(advised[1:]) == 0  # the advice, followed literally
+    after = _tree(run)  # a resumed run leaves the symbols it started from alone
+    assert after["symbols_cycle_0.json"] == before["symbols_cycle_0.json"]
+    assert "lora_r: 4" not in (run / "config.yaml").read_text()
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: its SHA-256 and modification time."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys):

@@ -79,10 +79,11 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
     ref = _fit(tone_config, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
     # a plain run starts without the warnings every run would print (they say nothing about this run)
-    for noise in ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated"):
+    noises = ("LightningCLI's args", "No seed found", "litlogger", "in eval mode", "LeafSpec", "deprecated")
+    for noise in (*noises, "manual optimization"):
         assert noise not in ref.stderr, noise
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())  # what the run printed at its end
-    assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_s"] > 0
+    assert f"run finished: {tmp_path / 'ref'}  (4 epochs, 12 steps" in ref.stdout and summary["samples_per_sec"] > 0
     run = tmp_path / "run"
     chain = [  # each run is killed (or stopped) at one point and the next one resumes from last.ckpt
         ({"point": "validation", "epoch": 1}, "SIGKILL"),  # after the MLP phase's last step, before discovery 1
@@ -124,6 +125,9 @@ def test_killed_at_every_point_and_resumed_ends_bitwise_like_an_uninterrupted_ru
         assert a.pop("timestamp") and b.pop("timestamp") and a == b, name
     # metrics.csv kept every step's loss and every validation once, with the uninterrupted run's values
     assert rows_a == rows_b
+    # and the phase checks: each epoch once (the killed runs' later records were moved aside)
+    checks_a, checks_b = ((r / "phase_checks.jsonl").read_text().splitlines() for r in (tmp_path / "ref", run))
+    assert [json.loads(x)["epoch"] for x in checks_b] == [0, 1, 2, 3] and checks_a == checks_b
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "ref" / "checkpoints").iterdir())
     assert "last.ckpt" in names and "cycle1-mlp-end.ckpt" in names
@@ -143,6 +147,25 @@ def test_checkpoint_after_discovery_is_the_newest_and_resumes_past_it(tmp_path, 
     assert names == ["cycle1-lora-end.ckpt", "cycle1-mlp-end.ckpt", "last.ckpt"]  # steps 3 and 6 end epochs
     phase_end = torch.load(run / "checkpoints" / "cycle1-mlp-end.ckpt", weights_only=True)
     assert phase_end["symbols"] == last["symbols"] and phase_end["global_step"] == 6
+
+
+def test_resume_from_an_older_checkpoint_moves_the_later_files_aside(tmp_path, tone_config):
+    """Resumed from the checkpoint after discovery 1 of a finished run, the files of discovery 2, the final files
+    and the later phase checks go to stale/<time>/: the run's files then describe the resumed history only."""
+    run = tmp_path / "run"
+    assert _fit(tone_config, run).returncode == 0
+    before = {p: (run / p).read_bytes() for p in ("discovery/cycle_2_symbols.json", "symbols_final.json")}
+    older = run / "checkpoints" / "cycle1-mlp-end.ckpt"  # killed as soon as it resumes, before writing anything
+    proc = _fit(tone_config, run, "--ckpt_path", str(older), kill={"point": "epoch_start", "epoch": 2})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert sorted(p.name for p in (run / "discovery").iterdir()) == ["cycle_1_symbols.json", "cycle_1_tokens.json"]
+    assert not any((run / name).exists() for name in ("symbols_final.json", "summary.json", "export"))
+    epochs = [json.loads(line)["epoch"] for line in (run / "phase_checks.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+    (aside,) = (run / "stale").iterdir()
+    assert {p: (aside / p).read_bytes() for p in before} == before
+    assert (aside / "summary.json").is_file() and (aside / "export" / "trainable.safetensors").is_file()
+    assert f"moved to {aside}: discovery/cycle_2_symbols.json" in proc.stderr
 
 
 def test_fit_refuses_to_lose_a_run(tmp_path, tone_config, capsys):
@@ -176,39 +199,61 @@ def test_fit_refuses_to_lose_a_run(tmp_path, tone_config, capsys):
 def test_launcher_resumes_requeued_jobs_and_refuses_an_empty_resume(tmp_path):
     """scripts/train_cycles.sh builds the fit command (DRY_RUN=1 prints it): RESUME=1 with the run's config,
     a requeued SLURM job resumes (or starts again when it had no checkpoint yet), SIGUSR1 ahead of the limit."""
-    script, run = str(ROOT / "scripts" / "train_cycles.sh"), tmp_path / "run"
-
-    def launch(**env: str) -> subprocess.CompletedProcess:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-        return subprocess.run(
-            [script, "--trainer.max_steps", "9"],
-            env={**clean, "DRY_RUN": "1", **env},
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-        )
-
-    proc = launch(RESUME="1", RUN_DIR=str(run))
+    run, tiny = tmp_path / "run", str(ROOT / "configs" / "tiny.yaml")
+    proc = _launch(tmp_path, RESUME="1", RUN_DIR=str(run))
     assert proc.returncode == 1 and f"RESUME=1 but {run}/checkpoints/last.ckpt does not exist" in proc.stderr
-    new = launch(CONFIG="configs/tiny.yaml", RUN_DIR=str(run)).stdout
+    new = _launch(tmp_path, CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert new.split()[1:] == [
         "-m",
         "salmonn_symbols",
         "fit",
         "--config",
-        "configs/tiny.yaml",
+        tiny,
         "--run_dir",
         str(run),
         "--trainer.max_steps",
         "9",
     ]
-    requeued = launch(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", RUN_DIR=str(run)).stdout
+    requeued = _launch(tmp_path, SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert requeued.startswith("srun ") and "--overwrite true" in requeued  # stopped before its first checkpoint
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    requeued = launch(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", RUN_DIR=str(run), OVERWRITE="1").stdout
+    (run / "config.yaml").write_text("{}")
+    env = dict(SLURM_JOB_ID="7", SLURM_RESTART_COUNT="1", CONFIG=tiny, RUN_DIR=str(run), OVERWRITE="1")
+    requeued = _launch(tmp_path, **env).stdout
     assert "--ckpt_path last" in requeued and "--overwrite" not in requeued  # a requeue never starts over
-    resumed = launch(RESUME="1", RUN_DIR=str(run)).stdout
+    resumed = _launch(tmp_path, RESUME="1", RUN_DIR=str(run)).stdout
     assert f"fit --config {run}/config.yaml --run_dir {run} --ckpt_path last" in resumed
-    submitted = launch(SLURM="1", PARTITION="gpu", RUN_DIR=str(run)).stdout
+    submitted = _launch(tmp_path, SLURM="1", PARTITION="gpu", CONFIG=tiny, RUN_DIR=str(run)).stdout
     assert submitted.startswith("sbatch ") and "--signal=SIGUSR1@300 --requeue" in submitted
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"GPUS": "abc"}, "GPUS=abc: expected a whole number of at least 1"),
+        ({"GPUS": "0"}, "GPUS=0: expected a whole number of at least 1"),
+        ({"GPUS": "-2"}, "GPUS=-2: expected a whole number of at least 1"),
+        ({"GPUS_PER_NODE": "two"}, "GPUS=two: expected"),
+        ({"NODES": "1.5"}, "NODES=1.5: expected a whole number of at least 1"),
+        ({"CONFIG": "configs/tyni.yaml"}, "CONFIG=configs/tyni.yaml: no such file"),
+        ({"CONFIG": ""}, "CONFIG is not set: name a training config"),
+        ({"CONFIG": "."}, "CONFIG=.: no such file"),
+    ],
+)
+def test_launcher_refuses_bad_settings(tmp_path, env, message):
+    settings = {"CONFIG": str(ROOT / "configs" / "tiny.yaml"), "RUN_DIR": str(tmp_path / "run"), **env}
+    proc = _launch(tmp_path, **settings)
+    assert proc.returncode == 1 and proc.stdout == "" and f"train_cycles.sh: {message}" in proc.stderr
+
+
+def _launch(cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/train_cycles.sh with DRY_RUN=1 (it prints the command) outside SLURM, with ``env`` set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "GPUS", "NODES", "CONFIG"))}
+    return subprocess.run(
+        [str(ROOT / "scripts" / "train_cycles.sh"), "--trainer.max_steps", "9"],
+        env={**clean, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
