@@ -12,7 +12,8 @@ from salmonn_symbols.training.speech_cache import SpeechCache, speech_fingerprin
 @pytest.fixture(scope="module")
 def model_and_batch():
     torch.manual_seed(0)
-    model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny"))
+    # a frozen speech path: the cache holds its output (`fit` caches the encoders' frames when it trains)
+    model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny", train_speech_path=False))
     n = [16000 * 2, 16000 * 3]
     wav = torch.zeros(2, max(n))
     for i, k in enumerate(n):
