@@ -2,7 +2,8 @@
 
     epoch e ─► per-dataset counts (uniform or temperature-weighted by size)
             ─► seeded draw of samples ─► shuffle ─► mega-batches sorted by length ─► batches ─► shuffle batches
-            ─► rank r takes batches r, r + world, ... (every rank the same number of batches)
+            ─► rank r takes batches r, r + world, ... (every rank ceil(batches / world): a short last round is split
+           into one smaller batch per rank, so DDP ranks step together and no sample is dropped)
 
 Each yielded batch is a list of keys ``(dataset index, sample index, epoch)``. Everything is a function of
 (seed, epoch), so all ranks agree without communication, and ``state_dict`` (epoch, batches done) is all a
@@ -52,6 +53,19 @@ def _counts(total: int, weights: Sequence[float]) -> list[int]:
     for i in order[: total - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def _last_round_for_all(batches: list[list[Key]], world: int) -> list[list[Key]]:
+    """The batches with a last round of exactly ``world`` batches, so that every rank takes the same number,
+    ceil(len / world), and no sample of the epoch is dropped: a last round of fewer batches is split into
+    ``world`` smaller ones (a key is repeated only when the round holds fewer keys than ranks)."""
+    short = len(batches) % world
+    if short == 0:
+        return batches
+    keys = [k for b in batches[-short:] for k in b]
+    keys += keys[: max(0, world - len(keys))]  # at least one key per rank
+    cuts = [round(i * len(keys) / world) for i in range(world + 1)]
+    return batches[:-short] + [keys[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 class BalancedBatchSampler(Sampler[list[Key]]):
@@ -122,8 +136,7 @@ class BalancedBatchSampler(Sampler[list[Key]]):
         batches = [keys[s : s + self.batch_size] for s in range(0, len(keys), self.batch_size)]
         g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        per_rank = len(batches) // self.world_size  # equal counts: DDP ranks must step together
-        return batches[self.rank :: self.world_size][:per_rank]
+        return _last_round_for_all(batches, self.world_size)[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
         batches = self.epoch_batches()
@@ -137,7 +150,7 @@ class BalancedBatchSampler(Sampler[list[Key]]):
         self.epoch, self.batches_done = self.epoch + 1, 0
 
     def __len__(self) -> int:
-        return math.ceil(self.epoch_size / self.batch_size) // self.world_size
+        return math.ceil(math.ceil(self.epoch_size / self.batch_size) / self.world_size)
 
     def state_dict(self) -> dict[str, int]:
         """Position to resume from: the epoch and the batches this rank has already taken."""

@@ -66,3 +66,21 @@ def test_fit_bench_refuses_missing_data_naming_it(tmp_path, capsys):
     argv = ["bench", "--what", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data", "nope/task.yaml"]
     assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
     assert "nope/task.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_fit_through_train_cycles_has_equal_epochs_of_ceil_n_over_world_batch(tmp_path, tones):
+    """2 CPU processes through scripts/train_cycles.sh (GPUS=2): every epoch, on every rank, has the same number
+    of batches, ceil(N / (world · batch)); 18 samples in batches of 4 leave a short last round, which is split
+    between the ranks rather than dropped."""
+    res = _bench(tmp_path, tones, "--devices", "2", "--cache", "on")
+    (run,) = res["runs"]
+    assert run["devices"] == 2 and run["world_size"] == 2 and len(run["ranks"]) == 2
+    assert run["fit_command"].startswith("GPUS=2 ") and "train_cycles.sh" in run["fit_command"]
+    want = math.ceil(18 / (2 * 4))
+    for rank in run["ranks"]:
+        assert {p: r["batches_per_epoch"] for p, r in rank["phases"].items()} == {"lora": [want] * 2, "mlp": [want] * 2}
+    runs = tmp_path / "runs" / "d2_cache_on" / "bench"
+    ranks = [json.loads((runs / f"rank{r}.json").read_text())["epochs"] for r in (0, 1)]
+    for e0, e1 in zip(*ranks, strict=True):  # each epoch takes every sample once, over both ranks
+        assert sum(e0["samples"]) + sum(e1["samples"]) == 18
