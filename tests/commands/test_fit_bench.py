@@ -80,6 +80,8 @@ def test_two_process_fit_through_train_cycles_has_equal_epochs_of_ceil_n_over_wo
     want = math.ceil(18 / (2 * 4))
     for rank in run["ranks"]:
         assert {p: r["batches_per_epoch"] for p, r in rank["phases"].items()} == {"lora": [want] * 2, "mlp": [want] * 2}
+        # every clip was computed on one rank in the first epoch; from the second on it is a hit on both
+        assert rank["phases"]["lora"]["cache_hit_rate"][1] == 1.0 and rank["phases"]["lora"]["cached"] > 0
     runs = tmp_path / "runs" / "d2_cache_on" / "bench"
     ranks = [json.loads((runs / f"rank{r}.json").read_text())["epochs"] for r in (0, 1)]
     for e0, e1 in zip(*ranks, strict=True):  # each epoch takes every sample once, over both ranks
