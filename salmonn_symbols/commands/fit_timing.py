@@ -126,16 +126,17 @@ STAGES = (
 
 class StageTimer(L.Callback):
     """Where one training step's time goes, per phase: stage times (ms, each after a CUDA sync) at steps
-    ``at``..``at + steps - 1`` of every epoch after the first of its phase, and a Chrome trace of step ``at - 1``.
+    ``at``..``at + steps - 1`` of every epoch after the first of its phase (whose steps compile), and a Chrome
+    trace of step ``at - 1`` of the first such epoch.
 
     Args:
         out: Folder of ``stages_rank<R>.json`` and the traces.
-        at: First timed step of an epoch (the ones before are left to warm up).
-        steps: Timed steps per phase.
+        at: First timed step of an epoch (at least 1).
+        steps: Timed steps per epoch.
     """
 
-    def __init__(self, out: str, at: int = 4, steps: int = 3):
-        self.out, self.at, self.steps = out, at, steps
+    def __init__(self, out: str, at: int = 1, steps: int = 3):
+        self.out, self.at, self.steps = out, max(1, at), steps
         self.samples: dict[str, list[dict[str, float]]] = {}
         self.traces: list[str] = []
         self._marks: dict[str, float] | None = None
@@ -213,6 +214,7 @@ class StageTimer(L.Callback):
         mean = {
             phase: {k: sum(s.get(k, 0.0) for s in rows) / len(rows) for k in rows[0]}
             for phase, rows in self.samples.items()
+            if rows
         }
         res = {"rank": trainer.global_rank, "stages_ms": mean, "samples": self.samples, "traces": self.traces}
         atomic_write_json(Path(self.out) / f"stages_rank{trainer.global_rank}.json", res)

@@ -73,8 +73,10 @@ def test_two_process_fit_through_train_cycles_has_equal_epochs_of_ceil_n_over_wo
     """2 CPU processes through scripts/train_cycles.sh (GPUS=2): every epoch, on every rank, has the same number
     of batches, ceil(N / (world · batch)); 18 samples in batches of 4 leave a short last round, which is split
     between the ranks rather than dropped."""
-    res = _bench(tmp_path, tones, "--devices", "2", "--cache", "on")
+    res = _bench(tmp_path, tones, "--devices", "2", "--cache", "on", "--profile", "yes")
     (run,) = res["runs"]
+    assert sorted(s["rank"] for s in run["stages"]) == [0, 1]  # a stage table and traces of each rank
+    assert all(set(s["stages_ms"]) == {"lora", "mlp"} and len(s["traces"]) == 2 for s in run["stages"])
     assert run["devices"] == 2 and run["world_size"] == 2 and len(run["ranks"]) == 2
     assert run["fit_command"].startswith("GPUS=2 ") and "train_cycles.sh" in run["fit_command"]
     want = math.ceil(18 / (2 * 4))
