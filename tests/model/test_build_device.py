@@ -23,6 +23,11 @@ def test_a_real_size_built_on_another_device_has_the_cpu_builds_structure_and_dt
     on_meta, cpu = (_tensors(build_speech_llm(tiny, device=d)[0]) for d in ("meta", "cpu"))
     assert {n: (t.shape, t.dtype) for n, t in on_meta.items()} == {n: (t.shape, t.dtype) for n, t in cpu.items()}
     assert {n for n, t in on_meta.items() if t.requires_grad} == {n for n, t in cpu.items() if t.requires_grad}
+    # an LLM in bf16 is created in bf16 on the device (no fp32 copy first), with the CPU build's dtypes throughout
+    half = SpeechLLMConfig.from_name("tiny", llm_dtype="bf16")
+    on_meta, cpu = (_tensors(build_speech_llm(half, device=d)[0]) for d in ("meta", "cpu"))
+    assert {n: (t.shape, t.dtype) for n, t in on_meta.items()} == {n: (t.shape, t.dtype) for n, t in cpu.items()}
+    assert cpu["llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"].dtype == torch.bfloat16
 
 
 def test_building_inside_a_device_context_initialises_as_the_cpu_build():
