@@ -29,8 +29,8 @@ class BookHandedOver(L.Callback):
 
 
 class EpochData(L.Callback):
-    """Fails the run unless every training batch is the one the sampler draws for this epoch and batch index
-    (the DataLoader is made, and its workers prefetch, before Lightning sets the sampler's epoch)."""
+    """Fails the run unless every training batch is the one the sampler draws for this epoch and batch index, and
+    every epoch has all of its batches."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         import copy
@@ -43,3 +43,10 @@ class EpochData(L.Callback):
         if batch["ids"] != want:
             raise AssertionError(f"epoch {trainer.current_epoch} batch {batch_idx}: {batch['ids']} is not {want}")
         self.batches = getattr(self, "batches", 0) + 1
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.batches = 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.batches != len(trainer.datamodule.train_sampler):
+            raise AssertionError(f"epoch {trainer.current_epoch}: {self.batches} batches, not the sampler's length")

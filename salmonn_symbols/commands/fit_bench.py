@@ -86,7 +86,6 @@ def _overrides(args: argparse.Namespace, run: Path, cache: bool, t0: float) -> P
     trainer = {
         "callbacks": (own if isinstance(own, list) else [own]) + timers,
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run)}},
-        "enable_progress_bar": False,
     }
     if args.steps_per_phase:
         trainer["limit_train_batches"] = max(1, -(-args.steps_per_phase // e))
@@ -181,6 +180,8 @@ def summarize_rank(rank: dict) -> dict:
             "cached": pooled(cached),
             "step_ms_steady": 1e3 * _mean([s for e in (steady or cached) for s in e["steps_s"]] or [float("nan")]),
             "validation_s": _mean([e["validation_s"] for e in eps]),
+            # from the epoch start to the end of its first step: the loader's start (workers, first batch)
+            "first_batch_s_later_epochs": _mean([e["periods_s"][0] for e in later]),
         }
     disc = [e["discovery_s"] for e in rank["epochs"] if "discovery_s" in e]
     return {
@@ -232,15 +233,22 @@ def print_table(res: dict) -> None:
                 f"{_fmt(t['warmup_first_epoch'])} | {_fmt(t['warmup_after10'])} | {_fmt(t['steady'])} | "
                 f"{_fmt(t['cached'])} | {_fmt(sc, '.2f') + 'x' if sc else '—'} |"
             )
-    print("| devices | cache | build (s) | start to first step (s) | validation (s) | discovery (s) | batches/epoch |")
-    print("|--:|---|--:|--:|--:|--:|---|")
+    print(
+        "| devices | cache | build (s) | start to first step (s) | validation (s) | discovery (s) | epoch end (s) "
+        "| first batch of an epoch (s) | batches/epoch |"
+    )
+    print("|--:|---|--:|--:|--:|--:|--:|--:|---|")
     for r in res["runs"]:
         r0 = r["ranks"][0]
         val = _mean([p["validation_s"] for p in r0["phases"].values()])
         counts = {ph: p["batches_per_epoch"] for ph, p in r0["phases"].items()}
+        first = _mean(
+            [p["first_batch_s_later_epochs"] for p in r0["phases"].values() if p["first_batch_s_later_epochs"]]
+        )
         print(
             f"| {r['devices']} | {'on' if r['cache'] else 'off'} | {_fmt(r0['build_s'])} | "
-            f"{_fmt(r0['start_to_first_step_s'])} | {_fmt(val, '.2f')} | {_fmt(r0['discovery_s'], '.2f')} | {counts} |"
+            f"{_fmt(r0['start_to_first_step_s'])} | {_fmt(val, '.2f')} | {_fmt(r0['discovery_s'], '.2f')} | "
+            f"{_fmt(r0['epoch_end_s'], '.2f')} | {_fmt(first, '.2f')} | {counts} |"
         )
     for r in res["runs"]:
         for st in r.get("stages", []):
