@@ -56,6 +56,9 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", default="off,on", help="speech cache settings to run: off, on or off,on")
     g.add_argument("--run-dir", default="runs/bench/fit", help="folder of the fits' runs")
     g.add_argument("--no-sync", action="store_true", help="no CUDA sync at step boundaries (samples/s only)")
+    g.add_argument(
+        "--baseline", default=None, help="an earlier bench --what fit JSON whose 1-device runs the scaling uses"
+    )
 
 
 def _git_commit() -> str:
@@ -223,15 +226,20 @@ def _fmt(x, spec: str = ".1f") -> str:
 def print_table(res: dict) -> None:
     """The figures as markdown tables: samples/s (all ranks together) per phase, then the times around steps."""
     print(f"bench --what fit: {res['config']}, {res['device']}, commit {res['commit']}, {res['date']}")
-    print("| devices | cache | phase | first 10 | first epoch | first epoch after 10 | steady | cached | scaling |")
-    print("|--:|---|---|--:|--:|--:|--:|--:|--:|")
+    print(
+        "| devices | cache | phase | first 10 | first epoch | first epoch after 10 | steady | cached "
+        "| after 10 / later | scaling |"
+    )
+    print("|--:|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for r in res["runs"]:
         for phase, t in r["total"].items():
             sc = r.get("scaling", {}).get(phase)
+            later = t["steady"] or t["cached"]  # the warm-up target: the first epoch after 10 batches vs later ones
+            ratio = t["warmup_after10"] / later if t["warmup_after10"] and later else None
             print(
                 f"| {r['devices']} | {'on' if r['cache'] else 'off'} | {phase} | {_fmt(t['warmup_first10'])} | "
                 f"{_fmt(t['warmup_first_epoch'])} | {_fmt(t['warmup_after10'])} | {_fmt(t['steady'])} | "
-                f"{_fmt(t['cached'])} | {_fmt(sc, '.2f') + 'x' if sc else '—'} |"
+                f"{_fmt(t['cached'])} | {_fmt(ratio, '.0%')} | {_fmt(sc, '.2f') + 'x' if sc else '—'} |"
             )
     print(
         "| devices | cache | build (s) | start to first step (s) | validation (s) | discovery (s) | epoch end (s) "
@@ -257,10 +265,11 @@ def print_table(res: dict) -> None:
                 print(f"stages (ms), {r['devices']} device(s), cache {r['cache']}, rank {st['rank']}, {phase}: {parts}")
 
 
-def _scaling(runs: list[dict]) -> None:
-    """Each run's samples/s (all ranks, steady state, cached epochs where the cache is on) against 1 device."""
+def _scaling(runs: list[dict], baseline: list[dict]) -> None:
+    """Each run's samples/s (all ranks, steady state, cached epochs where the cache is on) against 1 device (a run
+    of ``runs`` or else of ``baseline``)."""
     for r in runs:
-        base = next((b for b in runs if b["devices"] == 1 and b["cache"] == r["cache"]), None)
+        base = next((b for b in runs + baseline if b["devices"] == 1 and b["cache"] == r["cache"]), None)
         if base is None or r["devices"] == 1:
             continue
         key = "cached" if r["cache"] else "steady"
@@ -278,6 +287,7 @@ def _command(args: argparse.Namespace) -> str:
     opts += ["--run-dir", args.run_dir, "--out", args.out]
     opts += (["--batch", str(args.batch)] if args.batch else []) + (["--profile", args.profile] if args.profile else [])
     opts += (["--fit-args", args.fit_args] if args.fit_args else []) + (["--no-sync"] if args.no_sync else [])
+    opts += ["--baseline", args.baseline] if args.baseline else []
     return shlex.join(["salmonn-symbols", "bench", "--what", "fit", *opts])
 
 
@@ -305,7 +315,10 @@ def run_fit_bench(args: argparse.Namespace) -> dict:
         for cache in caches:
             run, cmd = _run_fit(args, n, cache)
             res["runs"].append({"devices": n, "cache": cache, "fit_command": shlex.join(cmd), **summarize_run(run)})
-    _scaling(res["runs"])
+    baseline = json.loads(Path(args.baseline).read_text())["runs"] if args.baseline else []
+    _scaling(res["runs"], baseline)
+    if args.baseline:
+        res["baseline"] = args.baseline
     print_table(res)
     atomic_write_json(args.out, res)
     print(f"wrote {args.out}")

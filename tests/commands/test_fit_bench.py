@@ -73,8 +73,14 @@ def test_two_process_fit_through_train_cycles_has_equal_epochs_of_ceil_n_over_wo
     """2 CPU processes through scripts/train_cycles.sh (GPUS=2): every epoch, on every rank, has the same number
     of batches, ceil(N / (world · batch)); 18 samples in batches of 4 leave a short last round, which is split
     between the ranks rather than dropped."""
-    res = _bench(tmp_path, tones, "--devices", "2", "--cache", "on", "--profile", "yes")
+    one = {"runs": [{"devices": 1, "cache": True, "total": {"lora": {"cached": 1.0}, "mlp": {"cached": 2.0}}}]}
+    (tmp_path / "one.json").write_text(json.dumps(one))  # an earlier 1-device result to scale against
+    res = _bench(
+        tmp_path, tones, "--devices", "2", "--cache", "on", "--profile", "yes", "--baseline", str(tmp_path / "one.json")
+    )
     (run,) = res["runs"]
+    assert run["scaling"]["lora"] == pytest.approx(run["total"]["lora"]["cached"])
+    assert run["scaling"]["mlp"] == pytest.approx(run["total"]["mlp"]["cached"] / 2)
     assert sorted(s["rank"] for s in run["stages"]) == [0, 1]  # a stage table and traces of each rank
     assert all(set(s["stages_ms"]) == {"lora", "mlp"} and len(s["traces"]) == 2 for s in run["stages"])
     assert run["devices"] == 2 and run["world_size"] == 2 and len(run["ranks"]) == 2
