@@ -104,9 +104,17 @@ def run_demo(out: str | Path = "runs/demo") -> int:
 
 def add_args(p) -> None:
     """Options of ``demo``."""
-    p.add_argument("--out", default="runs/demo", help="the run folder (a previous demo run in it is replaced)")
+    p.add_argument("--out", default=None, help="the run folder (default runs/demo, runs/demo-real with --real)")
+    p.add_argument(
+        "--real", action="store_true", help="real pretrained Whisper tiny.en + SmolLM2-135M (see demo_real.py)"
+    )
+    p.add_argument("--weights", default="checkpoints/small", help="with --real: prepare-weights' folder")
 
 
 def run(args) -> int:
     """Runs the demo."""
-    return run_demo(args.out)
+    if args.real:
+        from .demo_real import run_demo_real
+
+        return run_demo_real(args.out or "runs/demo-real", args.weights)
+    return run_demo(args.out or "runs/demo")
