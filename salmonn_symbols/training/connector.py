@@ -62,8 +62,8 @@ class ConnectorConfig:
     n_train: int = 200
     n_val: int = 40
     seed: int = 0
-    align_steps: int = 300
-    llm_steps: int = 30
+    align_steps: int = 150
+    llm_steps: int = 20
     batch_size: int = 16
     align_lr: float = 2e-3
     llm_lr: float = 5e-4
