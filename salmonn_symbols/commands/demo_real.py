@@ -79,12 +79,12 @@ def own_word_ranks(run: Path, tokenizer) -> dict[int, dict[str, str]]:
 
 def _report(out: Path, reference: float | None, weights: Path) -> None:
     from ..model.tokenizer import load_tokenizer
-    from .demo import _cycles
+    from .inspect_run import print_cycles
 
     ref = f"{reference:.3f}" if reference is not None else "-"
     print(f"\nreference arm (LoRA trained and scored with the original label words): validation accuracy {ref}")
     # rows: the random start (mapping 0) and each cycle's discovery; original = the label words on the same LoRA
-    _cycles(out)
+    print_cycles(out)
     ranks = own_word_ranks(out, load_tokenizer(str(weights / "smollm2-135m-instruct")))
     print("\nrank of each label's own word (its first token) among the discovery's candidates at position 0:")
     for c, by_label in sorted(ranks.items()):
@@ -95,7 +95,7 @@ def _report(out: Path, reference: float | None, weights: Path) -> None:
 def run_demo_real(out: str | Path = "runs/demo-real", weights: str | Path = "checkpoints/small") -> int:
     """Runs the real-model demo under ``out``; returns an exit status."""
     from ..data.synthetic import make_dataset
-    from .demo import _last
+    from .inspect_run import last_metric
 
     out, weights, t0 = Path(out), Path(weights), time.perf_counter()
     print(f"== 0/4 real pretrained weights ({weights})")
@@ -111,7 +111,7 @@ def run_demo_real(out: str | Path = "runs/demo-real", weights: str | Path = "che
     status = _fit(out / "original", tasks, weights, *ref_args, "--model.eval_modes=[hard]", "--model.rescore=false")
     if status:
         return status
-    reference = _last(out / "original", "val_hard/acc/mean")
+    reference = last_metric(out / "original", "val_hard/acc/mean")
     print("== 3/4 discovery: random 2-token symbols, 2 cycles")
     status = _fit(out / "discovery-run", tasks, weights, f"--model.schedule={json.dumps(SCHEDULE)}")
     if status:
