@@ -55,6 +55,7 @@ class ConnectorConfig:
         negatives: Other tokens in each step's sampled softmax of the alignment stage.
         llm_batch_size: Clips per step of the LLM stage.
         bf16: bf16 autocast in the LLM stage.
+        device: "cpu", "cuda" or "auto" (cuda when available).
         workers: espeak-ng processes at once.
         espeak: espeak-ng executable.
     """
@@ -71,6 +72,7 @@ class ConnectorConfig:
     negatives: int = 2048
     llm_batch_size: int = 8
     bf16: bool = True
+    device: str = "auto"
     workers: int = 2
     espeak: str = "espeak-ng"
 
@@ -111,7 +113,8 @@ def encode_clips(model: SpeechLLM, paths: list[Path], batch: int = 8) -> tuple[T
         chunk = wavs[s : s + batch]
         width = max(len(w) for w in chunk)
         wav = torch.stack([F.pad(w, (0, width - len(w))) for w in chunk])  # (b, S)
-        out.append(model.encode_audio(wav, samples[s : s + batch])[:, :T])  # (b, T, C)
+        dev = model.ln_speech.weight.device
+        out.append(model.encode_audio(wav.to(dev), samples[s : s + batch].to(dev))[:, :T])  # (b, T, C)
     return torch.cat(out), samples
 
 
@@ -160,14 +163,14 @@ class _AlignHead:
         flat = torch.tensor([t for row in targets for t in row])
         lengths = torch.tensor([len(row) for row in targets])
         blank = table.shape[0] - 1
-        ctc = F.ctc_loss(logp.transpose(0, 1), flat, tokens, lengths, blank=blank, zero_infinity=True)
-        W = torch.arange(speech.shape[1])[None] < tokens[:, None]  # (B, W) tokens that hold audio
+        ctc = F.ctc_loss(logp.transpose(0, 1), flat.to(logp.device), tokens, lengths, blank=blank, zero_infinity=True)
+        W = (torch.arange(speech.shape[1])[None] < tokens[:, None]).to(speech.device)  # (B, W) tokens with audio
         norm = ((speech.float().norm(dim=-1) / self.norm - 1) ** 2)[W].mean()
         return ctc + norm
 
 
-def _llm_batch(prompts: PromptBuilder, texts: list[str] | None, n: int, samples: Tensor) -> dict:
-    batch = prompts([ASR_PROMPT] * n, texts).as_dict()
+def _llm_batch(prompts: PromptBuilder, texts: list[str] | None, n: int, samples: Tensor, device) -> dict:
+    batch = {k: v.to(device) for k, v in prompts([ASR_PROMPT] * n, texts).as_dict().items()}
     return batch | {"max_wav_len": int(samples.max())}
 
 
@@ -209,7 +212,7 @@ def transcribe(
     prompts, out = PromptBuilder(tok), []
     for s in range(0, len(frames), batch):
         speech, _ = _speech(model, frames[s : s + batch], samples[s : s + batch])
-        b = _llm_batch(prompts, None, len(speech), samples[s : s + batch])
+        b = _llm_batch(prompts, None, len(speech), samples[s : s + batch], speech.device)
         ids = model.generate(b, max_new_tokens=max_new_tokens, symbol_mode="raw", speech=speech)
         out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
     return out
@@ -235,7 +238,7 @@ def train_connector(model: SpeechLLM, tok, frames: Tensor, samples: Tensor, text
         # bf16 autocast: the LLM pass is nearly all of this stage's time, and only the connector's fp32 weights train
         with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             speech, _ = _speech(model, frames[idx], samples[idx])
-            batch = _llm_batch(prompts, [texts[i] for i in idx], len(idx), samples[idx])
+            batch = _llm_batch(prompts, [texts[i] for i in idx], len(idx), samples[idx], frames.device)
             return model(batch, symbol_mode="raw", speech=speech).loss
 
     batches = _batches(len(texts), cfg.batch_size, cfg.seed)
@@ -283,6 +286,8 @@ def pretrain_connector(
     train, val = (read_sentence_set(manifests[s]) for s in ("train", "validation"))
     torch.manual_seed(cfg.seed)
     model, tok = build_speech_llm(replace(model_cfg, salmonn_ckpt=None, train_speech_path=True))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     t = time.perf_counter()
     frames, samples = encode_clips(model, [p for p, _ in train])  # (N, T, C), (N,)
     vframes, vsamples = encode_clips(model, [p for p, _ in val])
