@@ -26,3 +26,27 @@ class BookHandedOver(L.Callback):
         if dm_book is book or dm_book.mapping != book.mapping:
             raise AssertionError(f"epoch {trainer.current_epoch}: data book {dm_book.mapping} vs {book.mapping}")
         self.epochs = getattr(self, "epochs", 0) + 1
+
+
+class EpochData(L.Callback):
+    """Fails the run unless every training batch is the one the sampler draws for this epoch and batch index, and
+    every epoch has all of its batches."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import copy
+
+        dm = trainer.datamodule
+        sampler = copy.copy(dm.train_sampler)
+        sampler.epoch, sampler.batches_done = trainer.current_epoch, 0
+        samples = dm.load_split("train")
+        want = [samples[d][i].id for d, i, _ in sampler.epoch_batches()[batch_idx]]
+        if batch["ids"] != want:
+            raise AssertionError(f"epoch {trainer.current_epoch} batch {batch_idx}: {batch['ids']} is not {want}")
+        self.batches = getattr(self, "batches", 0) + 1
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.batches = 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.batches != len(trainer.datamodule.train_sampler):
+            raise AssertionError(f"epoch {trainer.current_epoch}: {self.batches} batches, not the sampler's length")

@@ -22,15 +22,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     """Adds the benchmark's options to ``p``."""
     p.add_argument(
         "--what",
-        choices=["core", "model", "scaling", "planted"],
+        choices=["core", "model", "scaling", "planted", "fit"],
         default="core",
         help="core: quantization and discovery at full vocabulary; model: a training step of --size; "
         "scaling: DDP throughput of --size at each count in --devices; planted: the known-answer benchmark of "
-        "discovery (plants the right symbols in a tiny base and runs the cycle)",
+        "discovery (plants the right symbols in a tiny base and runs the cycle); fit: the real fit of --config, timed "
+        "per phase, uncached and cached, on each device count in --devices (N > 1 through scripts/train_cycles.sh)",
     )
-    p.add_argument("--devices", default="1,2", help="device counts for --what scaling, e.g. 1,2,4")
+    p.add_argument(
+        "--devices", default=None, help="device counts for --what scaling (default 1,2) and fit (default 1), e.g. 1,2"
+    )
     p.add_argument("--size", default="tiny", help="model size for --what model (tiny, salmonn-7b, salmonn-13b)")
-    p.add_argument("--batch", type=int, default=8, help="batch size for --what model")
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch size per device for --what model (default 8); fit: the config's"
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="audio seconds per sample for --what model")
     p.add_argument("--steps", type=int, default=5, help="measured steps for --what model")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps for --what model")
@@ -48,7 +53,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="torch.compile each transformer block (default: on with CUDA, off on the CPU)",
     )
     p.add_argument("--timeout", type=float, default=3600, help="seconds each device count of --what scaling may take")
-    p.add_argument("--profile", default=None, help="folder for Chrome traces of a step per phase (--what model)")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="--what model: folder for Chrome traces of a step per phase; --what fit: any value adds the per-stage "
+        "times of a step and a trace per phase and rank (in <run>/bench/)",
+    )
     p.add_argument("--vocab-size", type=int, default=32001, help="rows of the vocabulary (Vicuna: 32001)")
     p.add_argument("--dim", type=int, default=5120, help="embedding width (13B: 5120, 7B: 4096)")
     p.add_argument("--positions", type=int, default=512, help="symbol-token positions per step")
@@ -57,9 +67,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="vocabulary dtype")
     p.add_argument("--iters", type=int, default=0, help="measured iterations (0: 20 on GPU, 3 on CPU)")
     p.add_argument("--out", default=None, help="JSON result file (default: runs/bench/<what>.json)")
+    from .fit_bench import add_fit_args
     from .planted import add_planted_args
 
     add_planted_args(p)
+    add_fit_args(p)
 
 
 def _sync(device: torch.device) -> None:
@@ -80,6 +92,12 @@ def _time(fn, iters: int, device: torch.device) -> float:
 def run_bench(args: argparse.Namespace) -> dict:
     """Runs the benchmark described by ``args`` (see `add_bench_args`) and returns the figures."""
     args.out = args.out or f"runs/bench/{args.what}.json"
+    if args.what == "fit":
+        from .fit_bench import run_fit_bench
+
+        return run_fit_bench(args)
+    args.batch = args.batch or 8
+    args.devices = args.devices or "1,2"
     if args.what == "model":
         from .model_bench import run_model_bench
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..io import atomic_write
 from ..symbols import evolution_table, read_cycles
 
-__all__ = ["add_args", "cycle_accuracy", "inspect_run", "last_metric", "print_cycles", "run"]
+__all__ = ["add_args", "cycle_accuracy", "evolution_figure", "inspect_run", "last_metric", "print_cycles", "run"]
 
 COLOURS = {"start": "#e8e8e8", "CHANGED": "#9fd89f", "KEPT": "#f6cf8a", "UNCHANGED": "#d7dce3", "OVERRIDDEN": "#a9c8f0"}
 CONDITIONS = {"val/acc/mean": "soft", "val_hard/acc/mean": "hard", "val_original/acc/mean": "original"}
@@ -102,6 +102,19 @@ def _evidence(change: dict) -> str:
 
 
 def _plot(target: Path, cycles: list[tuple[int, dict]], accuracy: dict[str, dict[int, float]]) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = evolution_figure(cycles, accuracy)
+    folder = target if target.name == "discovery" or not (target / "discovery").is_dir() else target
+    path = atomic_write(folder / "symbol_evolution.png", lambda f: fig.savefig(f, format="png", dpi=130))
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def evolution_figure(cycles: list[tuple[int, dict]], accuracy: dict[str, dict[int, float]]):
+    """The label × cycle grid (start symbols, then each discovery's word, coloured by change type, with its
+    evidence) above the validation accuracy per mapping (soft, hard, original, right after discovery)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,11 +168,7 @@ def _plot(target: Path, cycles: list[tuple[int, dict]], accuracy: dict[str, dict
         ax.set_ylabel("val accuracy\nwith this mapping", fontsize=8)
         ax.legend(fontsize=7, ncol=4, loc="lower right")
         ax.grid(alpha=0.3)
-    folder = target if target.name == "discovery" or not (target / "discovery").is_dir() else target
-    path = atomic_write(folder / "symbol_evolution.png", lambda f: fig.savefig(f, format="png", dpi=130))
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return fig
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

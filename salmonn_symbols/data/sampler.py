@@ -2,7 +2,8 @@
 
     epoch e ─► per-dataset counts (uniform or temperature-weighted by size)
             ─► seeded draw of samples ─► shuffle ─► mega-batches sorted by length ─► batches ─► shuffle batches
-            ─► rank r takes batches r, r + world, ... (every rank the same number of batches)
+            ─► rank r takes batches r, r + world, ... (every rank ceil(batches / world): a short last round is split
+           into one smaller batch per rank, so DDP ranks step together and no sample is dropped)
 
 Each yielded batch is a list of keys ``(dataset index, sample index, epoch)``. Everything is a function of
 (seed, epoch), so all ranks agree without communication, and ``state_dict`` (epoch, batches done) is all a
@@ -54,6 +55,19 @@ def _counts(total: int, weights: Sequence[float]) -> list[int]:
     return counts
 
 
+def _last_round_for_all(batches: list[list[Key]], world: int) -> list[list[Key]]:
+    """The batches with a last round of exactly ``world`` batches, so that every rank takes the same number,
+    ceil(len / world), and no sample of the epoch is dropped: a last round of fewer batches is split into
+    ``world`` smaller ones (a key is repeated only when the round holds fewer keys than ranks)."""
+    short = len(batches) % world
+    if short == 0:
+        return batches
+    keys = [k for b in batches[-short:] for k in b]
+    keys += keys[: max(0, world - len(keys))]  # at least one key per rank
+    cuts = [round(i * len(keys) / world) for i in range(world + 1)]
+    return batches[:-short] + [keys[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
 class BalancedBatchSampler(Sampler[list[Key]]):
     """Training batches mixed across datasets.
 
@@ -91,20 +105,22 @@ class BalancedBatchSampler(Sampler[list[Key]]):
         self.weights = dataset_weights(self.sizes, mode, temperature)
         self.epoch_size = epoch_size or sum(self.sizes)
         self.seed, self.rank, self.world_size, self.bucket_batches = seed, rank, world_size, bucket_batches
-        self.epoch, self.batches_done = 0, 0
+        self.epoch, self.batches_done = 0, 0  # what iterators have handed out (state_dict)
+        self._start = (0, 0)  # where every new iterator starts: set by set_epoch, load_state_dict, a finished pass
 
     def set_epoch(self, epoch: int) -> None:
         """Starts ``epoch``; a resumed position is kept if it belongs to the same epoch."""
-        if epoch != self.epoch:
+        if epoch != self._start[0]:
+            self._start = (epoch, 0)
             self.epoch, self.batches_done = epoch, 0
 
-    def _epoch_keys(self) -> list[Key]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+    def _epoch_keys(self, epoch: int) -> list[Key]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         keys: list[Key] = []
         for d, (n, count) in enumerate(zip(self.sizes, _counts(self.epoch_size, self.weights), strict=True)):
             reps = [torch.randperm(n, generator=g) for _ in range(math.ceil(count / n))]
             idx = torch.cat(reps)[:count].tolist() if reps else []
-            keys += [(d, i, self.epoch) for i in idx]
+            keys += [(d, i, epoch) for i in idx]
         perm = torch.randperm(len(keys), generator=g).tolist()
         keys = [keys[i] for i in perm]
         if self.lengths is not None and self.bucket_batches > 1:
@@ -116,36 +132,49 @@ class BalancedBatchSampler(Sampler[list[Key]]):
             ]
         return keys
 
-    def epoch_batches(self) -> list[list[Key]]:
-        """All of this rank's batches of the current epoch."""
-        keys = self._epoch_keys()
+    def epoch_batches(self, epoch: int | None = None) -> list[list[Key]]:
+        """All of this rank's batches of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        keys = self._epoch_keys(epoch)
         batches = [keys[s : s + self.batch_size] for s in range(0, len(keys), self.batch_size)]
-        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        per_rank = len(batches) // self.world_size  # equal counts: DDP ranks must step together
-        return batches[self.rank :: self.world_size][:per_rank]
+        return _last_round_for_all(batches, self.world_size)[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[Key]]:
-        batches = self.epoch_batches()
-        if self.batches_done >= len(batches):  # the last pass was stopped right at its end: next epoch
-            self.epoch, self.batches_done = self.epoch + 1, 0
-            batches = self.epoch_batches()
-        while self.batches_done < len(batches):
-            batch = batches[self.batches_done]
-            self.batches_done += 1
-            yield batch
-        self.epoch, self.batches_done = self.epoch + 1, 0
+        """This epoch's batches from the start position, fixed when the iterator is made: Lightning makes a
+        throw-away iterator of each epoch's loader before the one it trains on, and DataLoader workers prefetch
+        from both, so what one iterator hands out must not move where the next one starts."""
+        epoch, start = self._start
+        batches = self.epoch_batches(epoch)
+        if start >= len(batches):  # the last pass was stopped right at its end: the next epoch
+            epoch, start = epoch + 1, 0
+            self._start = (epoch, 0)
+            batches = self.epoch_batches(epoch)
+        return self._pass(epoch, start, batches)
+
+    def _pass(self, epoch: int, start: int, batches: list[list[Key]]) -> Iterator[list[Key]]:
+        for i in range(start, len(batches)):
+            self.epoch, self.batches_done = epoch, i + 1
+            if i + 1 == len(batches) and self._start == (epoch, start):
+                # the last batch handed out: the next iterator takes the next epoch, also when its consumer stops
+                # here without exhausting this one (Lightning stops after len() batches)
+                self._start = (epoch + 1, 0)
+            yield batches[i]
+        if self._start == (epoch + 1, 0):
+            self.epoch, self.batches_done = epoch + 1, 0
 
     def __len__(self) -> int:
-        return math.ceil(self.epoch_size / self.batch_size) // self.world_size
+        return math.ceil(math.ceil(self.epoch_size / self.batch_size) / self.world_size)
 
     def state_dict(self) -> dict[str, int]:
         """Position to resume from: the epoch and the batches this rank has already taken."""
         return {"epoch": self.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restores a `state_dict` position."""
+        """Restores a `state_dict` position: the next iterator starts there."""
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        self._start = (self.epoch, self.batches_done)
 
 
 class ShardedEvalBatchSampler(Sampler[list[Key]]):

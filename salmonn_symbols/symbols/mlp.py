@@ -18,6 +18,13 @@ from torch import Tensor, nn
 __all__ = ["SymbolMLP"]
 
 
+def _uniform(like: Tensor, bound: float, generator: torch.Generator | None) -> Tensor:
+    """U(-bound, bound) values shaped like ``like``, drawn on the generator's own device (a seeded CPU generator
+    gives every rank, and every accelerator, the same draw); ``copy_`` then moves them to ``like``'s device."""
+    device = generator.device if generator is not None else like.device
+    return torch.empty(like.shape, dtype=like.dtype, device=device).uniform_(-bound, bound, generator=generator)
+
+
 class SymbolMLP(nn.Module):
     """The symbol MLP of the seed: ``normalize(ê + scale * mlp(ê))`` with ê the unit direction of each embedding,
     applied to each position on its own.
@@ -58,16 +65,16 @@ class SymbolMLP(nn.Module):
         lin1, norm, _, _, lin2 = self.net
         with torch.no_grad():
             bound = 1.0 / self.embed_dim**0.5  # nn.Linear's default range
-            lin1.weight.copy_(torch.empty_like(lin1.weight).uniform_(-bound, bound, generator=generator))
-            lin1.bias.copy_(torch.empty_like(lin1.bias).uniform_(-bound, bound, generator=generator))
+            lin1.weight.copy_(_uniform(lin1.weight, bound, generator))
+            lin1.bias.copy_(_uniform(lin1.bias, bound, generator))
             norm.reset_parameters()
             if self.zero_init_output:
                 lin2.weight.zero_()
                 lin2.bias.zero_()
             else:
                 b2 = 1.0 / self.hidden_dim**0.5
-                lin2.weight.copy_(torch.empty_like(lin2.weight).uniform_(-b2, b2, generator=generator))
-                lin2.bias.copy_(torch.empty_like(lin2.bias).uniform_(-b2, b2, generator=generator))
+                lin2.weight.copy_(_uniform(lin2.weight, b2, generator))
+                lin2.bias.copy_(_uniform(lin2.bias, b2, generator))
 
     def forward(self, e: Tensor) -> Tensor:
         """Transforms embeddings.

@@ -33,6 +33,9 @@ class DiscoveryConfig:
         confirm_top: Best search candidates re-scored on the confirm samples.
         min_z: A symbol changes only when a candidate's mean loss improvement exceeds this many standard errors
             (more when several candidates are confirmed: a Bonferroni correction).
+        min_delta: ... and by at least this much, in the task loss's units (probability for "contrastive",
+            nats per token otherwise). Significance alone is not enough: with many samples, a random model's
+            faint audio-dependent token statistics (improvements of ~0.001) are real but not worth a change.
         task_loss: What the verified search scores: "contrastive" (the word's cross-entropy on the label's audio
             minus that on other labels' audio), "closed_set" or "generative" (see `training.rescoring`).
     """
@@ -50,6 +53,7 @@ class DiscoveryConfig:
     max_evaluations: int = 256
     confirm_top: int = 3
     min_z: float = 3.0
+    min_delta: float = 0.01
     task_loss: str = "contrastive"
 
     def __post_init__(self) -> None:

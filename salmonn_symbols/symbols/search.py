@@ -8,7 +8,8 @@
         label's *search* half of the held-out samples, keep the best, repeat (``search_rounds``; GCG-like)
     confirm: the best few words against the current symbol on the *confirm* half, paired per sample:
         Δ = mean(loss_candidate − loss_current), se = std / √n; a word qualifies only if Δ < −z · se, z the
-        one-sided normal quantile of min_z's level divided by the number of words confirmed (Bonferroni)
+        one-sided normal quantile of min_z's level divided by the number of words confirmed (Bonferroni),
+        and Δ < −min_delta (a real but negligible improvement is no reason to change)
     assign: labels in order of confidence (most negative Δ / se first); no token is shared by two labels
 
 Searching and confirming on disjoint samples keeps the winner's curse out of the decision: the best of many
@@ -226,12 +227,16 @@ def confirm(label: str, outcome: SearchOutcome, scorer: Scorer, top: int = 3) ->
 
 
 def assign_labels(
-    confirmed: dict[str, list[Evaluated]], current_tokens: dict[str, tuple[int, ...]], min_z: float
+    confirmed: dict[str, list[Evaluated]],
+    current_tokens: dict[str, tuple[int, ...]],
+    min_z: float,
+    min_delta: float = 0.0,
 ) -> dict[str, tuple[Evaluated | None, str]]:
     """One-to-one assignment at the token level.
 
     A label takes its best confirmed word that beats the current symbol by more than z standard errors, where
-    z is ``min_z`` for one confirmed word and grows with their number (each is a test: Bonferroni), and that
+    z is ``min_z`` for one confirmed word and grows with their number (each is a test: Bonferroni), and by
+    more than ``min_delta`` (an improvement too small to matter is not a reason to change), and that
     shares no token with another label's current symbol or with a word already given to another label. Labels
     go in order of their strongest evidence.
 
@@ -245,7 +250,7 @@ def assign_labels(
     need = {lab: NormalDist().inv_cdf(1 - level / max(1, len(es))) for lab, es in confirmed.items()}
 
     def qualifies(e: Evaluated, lab: str) -> bool:
-        return e.delta is not None and e.se is not None and e.delta < 0 and e.delta < -need[lab] * e.se
+        return e.delta is not None and e.se is not None and e.delta < -min_delta and e.delta < -need[lab] * e.se
 
     order = sorted(confirmed, key=lambda lab: min((e.z for e in confirmed[lab] if qualifies(e, lab)), default=math.inf))
     taken: set[int] = set()
@@ -262,6 +267,8 @@ def assign_labels(
         elif confirmed[lab]:
             best = min(confirmed[lab], key=lambda e: e.z)
             why = f"not significant: Δ={best.delta:+.4f}, se={best.se:.4f} (needs Δ < -{need[lab]:.2f}·se)"
+            if best.delta is not None and best.delta < -need[lab] * (best.se or 0.0):
+                why = f"too small: Δ={best.delta:+.4f} (needs Δ < -{min_delta:g})"
             out[lab] = (None, why)
         else:
             out[lab] = (None, "no candidate beat the current symbol on the search samples")

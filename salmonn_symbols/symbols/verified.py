@@ -143,7 +143,7 @@ def verified_changes(
             lab, current[lab], book.mapping[lab], propose, validate, scorer, cfg.search_rounds, cfg.max_evaluations
         )
         confirmed[lab] = confirm(lab, outcomes[lab], scorer, cfg.confirm_top)
-    decisions = assign_labels(confirmed, reserved, cfg.min_z)
+    decisions = assign_labels(confirmed, reserved, cfg.min_z, cfg.min_delta)
     changes, extras = [], {}
     for lab in book.labels:
         if lab in override:

@@ -145,7 +145,8 @@ class SymbolLitModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model, self.tokenizer = build_speech_llm(self.model_cfg)
+        device = self.trainer.strategy.root_device if self._trainer is not None else None  # random weights: built there
+        self.model, self.tokenizer = build_speech_llm(self.model_cfg, device=device)
         self.symtok = SymbolTokenizer(self.tokenizer)
         if self.hparams.compile:
             compile_blocks(self.model)

@@ -4,6 +4,7 @@ while the whole speech path is frozen, or the frozen encoders' frames (1500, C) 
     collate: audio_keys = sha1(waveform bytes)                       (CPU, in the DataLoader workers)
     step:    cached rows ──► speech (B, 88, H) ◄── encode_speech(missing rows only) ──► stored
     disk:    <cache_dir>/<fingerprint>/rank<r>-<n>.safetensors     (one shard per rank and flush, atomic)
+    flush:   this rank's new rows ──► its shard;  the other ranks' new shards ──► memory (a hit on every rank)
 
 The fingerprint hashes every weight of the part it caches (Whisper and BEATs; for speech tokens also the
 Q-Former, query, projection and both LayerNorms), its settings and the dtype the rows were computed in, so
@@ -78,11 +79,26 @@ class SpeechCache:
         self._flushes = 0
         self.hits = self.misses = 0
         self._pending: list[torch.cuda.Event] = []
-        if self.folder is not None and self.folder.is_dir():
-            for shard in sorted(self.folder.glob("*.safetensors")):
-                with safe_open(shard, framework="pt") as f:
-                    for key in f.keys():
-                        self.rows[key] = f.get_tensor(key)
+        self._read: set[str] = set()  # shard files whose rows are in memory
+        self.read_shards()
+
+    def read_shards(self) -> int:
+        """Loads the rows of every shard on disk not read yet (other ranks' and earlier runs'); returns their count.
+
+        Under DDP each rank computes the clips of its own batches: reading the others' shards at every flush makes
+        a clip computed on any rank a hit on all of them from then on, as on one device."""
+        if self.folder is None or not self.folder.is_dir():
+            return 0
+        n = 0
+        for shard in sorted(self.folder.glob("*.safetensors")):  # complete files only: shards are renamed into place
+            if shard.name in self._read:
+                continue
+            with safe_open(shard, framework="pt") as f:
+                for key in f.keys():
+                    if key not in self.rows:
+                        self.rows[key], n = f.get_tensor(key), n + 1
+            self._read.add(shard.name)
+        return n
 
     @classmethod
     def for_run(
@@ -152,13 +168,18 @@ class SpeechCache:
         self._pending.clear()
 
     def flush(self) -> Path | None:
-        """Writes the rows computed since the last flush as one new shard of this rank, atomically."""
-        if self.folder is None or not self._new:
+        """Writes the rows computed since the last flush as one new shard of this rank, atomically, and reads the
+        shards other ranks have written since the last flush. Returns the new shard (None: nothing new)."""
+        if self.folder is None:
             return None
-        self._wait_for_copies()
-        path = self.folder / f"rank{self.rank}-{os.getpid()}-{self._flushes}.safetensors"
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in self._new.items()}))
-        self._new, self._flushes = {}, self._flushes + 1
+        path = None
+        if self._new:
+            self._wait_for_copies()
+            path = self.folder / f"rank{self.rank}-{os.getpid()}-{self._flushes}.safetensors"
+            atomic_write_bytes(path, save({k: v.contiguous() for k, v in self._new.items()}))
+            self._new, self._flushes = {}, self._flushes + 1
+            self._read.add(path.name)
+        self.read_shards()
         return path
 
 

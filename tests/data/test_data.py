@@ -1,6 +1,7 @@
 """Data side: task configs, every input format, bad input, transforms, sampling, collation, check-data."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -364,15 +365,25 @@ def test_balanced_proportions_and_determinism(mode, expect):
     assert len(set(small[:50])) == min(50, len(small)) or len(set(small)) == 50
 
 
-def test_ddp_shards_are_disjoint_and_equal():
+def test_ddp_shards_are_disjoint_complete_and_step_together():
     world = 3
-    shards = [
-        [k for b in BalancedBatchSampler([40, 40], 4, seed=2, rank=r, world_size=world, bucket_batches=1) for k in b]
-        for r in range(world)
-    ]
-    assert len({len(s) for s in shards}) == 1
-    flat = [k for s in shards for k in s]
-    assert len(flat) == len(set(flat))  # disjoint: epoch keys are unique here (epoch size = 80 = both datasets)
+    samplers = [BalancedBatchSampler([40, 40], 4, seed=2, rank=r, world_size=world, bucket_batches=1) for r in range(3)]
+    batches = [list(s) for s in samplers]
+    # every rank the same number of batches, ceil(80 / (3 · 4)) = 7, as its len() says: DDP ranks step together
+    assert [len(b) for b in batches] == [len(s) for s in samplers] == [7, 7, 7]
+    flat = [k for b in batches for batch in b for k in batch]
+    assert len(flat) == len(set(flat)) == 80  # disjoint and complete: the short last round is split, not dropped
+
+
+@pytest.mark.parametrize("n,batch,world", [(36, 4, 2), (32, 4, 2), (5, 4, 4), (17, 4, 2), (512, 16, 2), (30, 8, 1)])
+def test_every_rank_gets_ceil_n_over_world_batch_batches_every_epoch(n, batch, world):
+    samplers = [BalancedBatchSampler([n], batch, seed=0, rank=r, world_size=world) for r in range(world)]
+    for epoch in range(3):
+        for s in samplers:
+            s.set_epoch(epoch)
+        got = [list(s) for s in samplers]
+        assert [len(b) for b in got] == [len(s) for s in samplers] == [math.ceil(n / (world * batch))] * world
+        assert sorted(k[1] for b in got for batch_ in b for k in batch_) == list(range(n))  # each sample once
     ev = [ShardedEvalBatchSampler([7, 5], 2, rank=r, world_size=world) for r in range(world)]
     got = sorted(k for s in ev for b in s for k in b)
     assert got == sorted((d, i, 0) for d, n in enumerate([7, 5]) for i in range(n))  # complete, no duplicates

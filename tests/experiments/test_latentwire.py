@@ -11,6 +11,7 @@ from salmonn_symbols.experiments.latentwire.adapters import build_adapter
 from salmonn_symbols.experiments.latentwire.config import PRESETS, LatentWireConfig, check_config
 from salmonn_symbols.experiments.latentwire.evaluate import evaluate_arm, exact_match, token_f1
 from salmonn_symbols.experiments.latentwire.llm import FrozenLLM, encode_questions, load_llm
+from salmonn_symbols.experiments.latentwire.merge import merge_results
 from salmonn_symbols.experiments.latentwire.module import masked_nmse
 from salmonn_symbols.experiments.latentwire.run import run, settings
 from salmonn_symbols.experiments.latentwire.task import KINDS, build_dataset, load_dataset, save_dataset
@@ -212,3 +213,49 @@ def test_smollm2_answers_and_snaps_back_from_64x(tmp_path):
     assert full["f1_mean"] >= 0.5 and snap["f1_mean"] == full["f1_mean"] and snap["cosine_mean"] > 0.9999
     assert res["examples"]["snap-r64-k1-n0"] == res["examples"]["full-r1-k1-n0"]
     assert pca["cosine_mean"] < 0.8 and pca["nll_mean"] > full["nll_mean"] + 1  # the PCA inverse alone fails at 64x
+
+
+SMALL = ["--arms", "[full, snap, adapter_mse]", "--ratios", "[8]", "--token_adapters", "[linear]", "--pools", "[]"]
+SMALL += ["--noise_levels", "[1.0]", "--noise_adapters", "[linear]", "--steps", "3", "--max_train", "32"]
+SMALL += ["--max_test", "16", "--max_val", "0", "--n_examples", "1"]
+
+
+def test_merging_runs_of_disjoint_seeds_gives_the_single_run(tmp_path):
+    """Seeds 0 and 1 run apart and merged print the tables that one run over seeds 0 and 1 prints."""
+    outs = {}
+    for name, seeds in (("both", "[0, 1]"), ("s0", "[0]"), ("s1", "[1]")):
+        cfg, _, _ = parse_experiment_args(EXP, [*SMALL, "--seeds", seeds])
+        outs[name] = tmp_path / name
+        EXP.run(cfg, outs[name])
+    parts = [str(outs[n] / "results.json") for n in ("s1", "s0")]  # any order
+    cfg, _, _ = parse_experiment_args(EXP, ["--merge", f"[{parts[0]}, {parts[1]}]"])
+    merged = EXP.run(cfg, tmp_path / "merged")
+    single = json.loads((outs["both"] / "results.json").read_text())
+    assert merged["config"]["seeds"] == [0, 1] and merged["complete"]
+    assert merged["merge_dropped"]["records"] == 2  # the deterministic arms, measured by both runs
+    assert [r["seed"] for r in merged["records"]] == [r["seed"] for r in single["records"]]
+    for a, b in zip(merged["summary"], single["summary"], strict=True):
+        assert {k: a[k] for k in ("arm", "adapter", "ratio", "noise", "n")} == {
+            k: b[k] for k in ("arm", "adapter", "ratio", "noise", "n")
+        }
+        for m in ("f1_mean", "f1_std", "nll_mean", "nll_std", "cosine_mean"):
+            assert a[m] == pytest.approx(b[m], abs=1e-5), (a["arm"], m)
+    tables = lambda path: path.read_text().split("## Reference", 1)[1].split("## Example", 1)[0]  # noqa: E731
+    assert tables(tmp_path / "merged" / "results.md") == tables(outs["both"] / "results.md")
+    assert "seeds [1] from" in (tmp_path / "merged" / "results.md").read_text()
+
+
+def test_merge_refuses_overlapping_seeds_and_other_configs(tmp_path):
+    cfg, _, _ = parse_experiment_args(EXP, [*SMALL, "--seeds", "[0]", "--arms", "[full, adapter_mse]"])
+    res = EXP.run(cfg, tmp_path / "a")
+    other = json.loads(json.dumps(res)) | {"config": res["config"] | {"seeds": [5], "time_budget_s": 9.0}}
+    with pytest.raises(ValueError, match="seed 0 was trained in both"):
+        merge_results([res, other], ["a", "b"])
+    for key, value in (("lr", 0.5), ("ratios", [16])):
+        changed = other | {"config": other["config"] | {key: value}}
+        with pytest.raises(ValueError, match=f"config field '{key}' differs"):
+            merge_results([res, changed], ["a", "b"])
+    with pytest.raises(ValueError, match="field 'task' differs"):
+        merge_results([res, other | {"task": {}}], ["a", "b"])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        EXP.run(LatentWireConfig(merge=[str(tmp_path / "a" / "results.json"), "missing.json"]), tmp_path / "m")

@@ -213,3 +213,15 @@ def test_temperature_schedule():
         TemperatureSchedule(0.1, 0.01, "step")
     with pytest.raises(ValueError):
         TemperatureSchedule(-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mlp_reset_on_the_gpu_draws_what_the_cpu_draws():
+    # the cycle restarts the MLP with a seeded CPU generator on every rank, whatever device the MLP lives on
+    cpu, gpu = SymbolMLP(32, hidden_dim=8, zero_init_output=False), SymbolMLP(32, hidden_dim=8).cuda()
+    gpu.zero_init_output = False
+    cpu.reset_parameters(torch.Generator().manual_seed(5))
+    gpu.reset_parameters(torch.Generator().manual_seed(5))
+    for a, b in zip(cpu.state_dict().values(), gpu.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b.cpu())

@@ -105,6 +105,24 @@ def test_noise_alone_never_changes_a_symbol(setup, llama_sym, llama_vocab, words
     assert any(c.change_type == "KEPT" and "not significant" in c.reason for c in changes)
 
 
+def test_a_real_but_negligible_improvement_never_changes_a_symbol(setup, llama_sym, llama_vocab, words):
+    """A random model's faint audio-dependent token statistics: a word 0.002 better than the current symbol on
+    every sample (so with almost no noise, highly significant) is not worth a change; 0.05 better is."""
+    book, masks = setup
+    used = {t for w in book.symbols for t in llama_sym.word_ids(w)}
+    better = []
+    for w in words:  # one word per label that collides with no symbol and no other pick
+        ids = set(llama_sym.word_ids(w))
+        if len(better) < len(LABELS) and not ids & used:
+            better.append(w)
+            used |= ids
+    for gain, changed in ((0.002, False), (0.05, True)):
+        base = {lab: {w: 1.0 - gain} for lab, w in zip(LABELS, better, strict=True)}
+        _, changes = _run(book, llama_sym, llama_vocab, masks, TableScorer(llama_sym, book, base, noise=1e-5, seed=2))
+        assert [c.discovered_symbol for c in changes] == (better if changed else book.symbols)
+        assert changed or all("too small" in c.reason for c in changes)
+
+
 def test_coordinate_search_combines_the_best_token_of_each_position(setup, llama_sym, llama_vocab, words):
     """The best word is reachable only by changing both tokens; the second round finds it."""
     book, masks = setup

@@ -12,7 +12,8 @@ from salmonn_symbols.training.speech_cache import SpeechCache, speech_fingerprin
 @pytest.fixture(scope="module")
 def model_and_batch():
     torch.manual_seed(0)
-    model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny"))
+    # a frozen speech path: the cache holds its output (`fit` caches the encoders' frames when it trains)
+    model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny", train_speech_path=False))
     n = [16000 * 2, 16000 * 3]
     wav = torch.zeros(2, max(n))
     for i, k in enumerate(n):
@@ -78,3 +79,18 @@ def test_fingerprint_changes_with_any_speech_weight_or_dtype(model_and_batch):
 def test_audio_key_is_content_based():
     a = torch.randn(16000)
     assert audio_key(a) == audio_key(a.clone()) and audio_key(a) != audio_key(a + 1e-6)
+
+
+def test_a_flush_reads_the_rows_other_ranks_computed(model_and_batch, tmp_path):
+    """Under DDP each rank computes its own batches' clips; after the next flush they are hits on every rank."""
+    model, batch, keys = model_and_batch
+    fp = speech_fingerprint(model, "32")
+    rank0, rank1 = SpeechCache(tmp_path, fp, rank=0), SpeechCache(tmp_path, fp, rank=1)
+    rows = [{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in batch.items()} for i in range(2)]
+    first = rank0.speech(model, rows[0], keys[:1])  # each rank meets one clip
+    rank1.speech(model, rows[1], keys[1:])
+    assert rank0.flush() is not None and rank1.flush() is not None  # rank 1 reads rank 0's shard here
+    assert rank0.flush() is None and len(rank0) == len(rank1) == 2  # rank 0 reads rank 1's on its next flush
+    rank1.hits = rank1.misses = 0
+    assert torch.equal(rank1.speech(model, rows[0], keys[:1]), first)  # rank 0's row, bit for bit
+    assert (rank1.hits, rank1.misses) == (1, 0)

@@ -53,6 +53,8 @@ class LatentWireConfig:
         device: "auto", "cpu" or "cuda".
         precision: Lightning precision of training (e.g. "32-true", "bf16-mixed"); evaluation uses the same.
         wandb: Also log to W&B (offline unless an API key is set).
+        merge: ``results.json`` files of runs with disjoint seeds and otherwise the same config; when given, nothing
+            runs: they are combined into the results of one run over all their seeds, written to ``--out``.
     """
 
     llm: str = "pretrained"
@@ -98,6 +100,7 @@ class LatentWireConfig:
     device: str = "auto"
     precision: str = "32-true"
     wandb: bool = False
+    merge: list[str] = field(default_factory=list)
 
 
 PRESETS: dict[str, dict] = {

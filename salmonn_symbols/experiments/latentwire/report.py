@@ -14,13 +14,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..common import markdown_table
+from ...io import atomic_write_text
+from ..common import markdown_table, summarize, write_results
 
-__all__ = ["METRICS", "plot_f1", "results_markdown", "targets"]
+__all__ = ["METRICS", "SETTING_KEYS", "plot_f1", "results_markdown", "summarize_records", "targets", "write_outputs"]
 
 METRICS = ["em", "f1", "f1_facts", "f1_copy", "nll", "cosine", "nmse"]
 COLUMNS = ["arm", "adapter", "ratio", "pool", "noise", "n", "em", "f1", "f1_facts", "f1_copy", "nll", "cosine", "nmse"]
+SETTING_KEYS = ["arm", "adapter", "ratio", "pool", "noise"]
 SEED_FLOOR = 0.70 / 0.82  # the seed's target: 70% F1 where the full embeddings give 82%
+
+
+def summarize_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every held-out metric and the training time, per arm setting."""
+    return summarize(records, SETTING_KEYS, [*METRICS, "train_seconds"])
+
+
+def write_outputs(out: Path, results: Mapping[str, Any]) -> None:
+    """Writes ``results.json``, ``results.md`` and ``f1_vs_compression.png`` of ``results`` under ``out``."""
+    write_results(out, results)
+    atomic_write_text(Path(out) / "results.md", results_markdown(results))
+    plot_f1(results["summary"], Path(out) / "f1_vs_compression.png")
 
 
 def _rows(summary: Sequence[Mapping[str, Any]], **where: Any) -> list[Mapping[str, Any]]:
@@ -80,6 +94,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "MSE of the message embeddings; mean ± std over seeds (n = 1: deterministic arm)",
         "",
     ]
+    if results.get("merged_from"):
+        head[3:3] = _merged_lines(results)
     fixed = [r for r in s if not r["arm"].startswith("adapter") and r["noise"] == 0 and r["pool"] == 1]
     sections = [
         ("Reference and zero-training arms (per token)", fixed),
@@ -114,6 +130,23 @@ def results_markdown(results: Mapping[str, Any]) -> str:
             + "; ".join(f"{e['question']} gold `{e['gold']}` → `{_oneline(e['answer'])}`" for e in exs)
         ]
     return "\n".join(head + body) + "\n"
+
+
+def _merged_lines(results: Mapping[str, Any]) -> list[str]:
+    """Provenance of a merged result: one line per run and its seeds."""
+    lines = []
+    for part in results["merged_from"]:
+        lines.append(
+            f"- seeds {part['seeds']} from `{part['file']}`: `{part['command']}`, date {part['date']}, "
+            f"commit {part['git_commit']}, device {part['device']}, {part['seconds']:.0f} s"
+        )
+    d = results.get("merge_dropped", {})
+    if d.get("records"):
+        lines.append(
+            f"- merge: {d['records']} duplicate records of the deterministic arms and of other runs' seeds "
+            f"dropped (largest F1/EM/NLL/cosine difference to the kept ones {d['max_metric_difference']:.4f})"
+        )
+    return lines
 
 
 def _oneline(text: str) -> str:

@@ -18,14 +18,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from ...io import atomic_write_text
-from ..common import make_loggers, results_header, seed_everything, summarize, write_results
+from ..common import make_loggers, results_header, seed_everything
 from .adapters import build_adapter
 from .config import LatentWireConfig, check_config
 from .evaluate import evaluate_arm
 from .llm import Encoded, FrozenLLM, encode_questions, load_llm
 from .module import WireModule, question_loader
-from .report import METRICS, plot_f1, results_markdown, targets
+from .report import summarize_records, targets, write_outputs
 from .task import QADataset, build_dataset, cap, load_dataset, save_dataset
 from .wire import Wire, fit_wire
 
@@ -188,7 +187,7 @@ class _Run:
 
     def write(self, complete: bool) -> dict[str, Any]:
         """Writes results.json, results.md and the figure from the records so far."""
-        summary = summarize(self.records, ["arm", "adapter", "ratio", "pool", "noise"], [*METRICS, "train_seconds"])
+        summary = summarize_records(self.records)
         table = self.llm.table
         results = self.header | {
             "complete": complete,
@@ -205,9 +204,7 @@ class _Run:
             "examples": self.examples,
             "seconds": time.perf_counter() - self.t0,
         }
-        write_results(self.out, results)
-        atomic_write_text(self.out / "results.md", results_markdown(results))
-        plot_f1(summary, self.out / "f1_vs_compression.png")
+        write_outputs(self.out, results)
         return results
 
 
