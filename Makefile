@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint format bench experiments lock clean
+.PHONY: help setup demo demo-real test test-fast lint format bench experiments lock clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ setup: $(STAMP) ## Create .venv and install the package (editable, with dev extr
 
 demo: $(STAMP) ## Synthetic speech set + tiny SALMONN + 2 full cycles on CPU; prints the symbol evolution
 	$(BIN)/salmonn-symbols demo --out runs/demo
+
+demo-real: $(STAMP) ## Whisper tiny.en + SmolLM2-135M (packaged, converted once) on spoken commands: reference + 2 cycles
+	$(BIN)/salmonn-symbols demo --real --out runs/demo-real
 
 test: $(STAMP) ## Lint and run every CPU test, slow ones included (what CI runs)
 	$(BIN)/ruff check .

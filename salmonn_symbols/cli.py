@@ -10,8 +10,8 @@ salmonn-symbols make-dataset --out runs/synth                      synthetic esp
 salmonn-symbols generate-symbols --tokenizer PATH --labels a b c   random 2-token symbols (cycle 0)
 salmonn-symbols validate-discovery RUN/discovery                   schema-check cycle_N_*.json files
 salmonn-symbols bench [--what model --size salmonn-13b]            time the symbol core or a training step
-salmonn-symbols prepare-weights --out checkpoints/small            packaged Whisper + SmolLM2, converted and checked
-salmonn-symbols demo                                               synthetic data + tiny model + 2 cycles
+salmonn-symbols prepare-weights --out checkpoints/small            Whisper + SmolLM2 converted, checked; connector ASR
+salmonn-symbols demo [--real]                                      tiny model (--real: Whisper + SmolLM2), 2 cycles
 salmonn-symbols experiment NAME --preset quick|full [--key value]  a companion experiment
 """
 

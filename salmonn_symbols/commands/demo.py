@@ -13,10 +13,11 @@ reference run in ``original/``; running the demo again starts both runs again.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
+
+from .inspect_run import last_metric, print_cycles
 
 __all__ = ["add_args", "run", "run_demo"]
 
@@ -31,11 +32,6 @@ def _fit(run_dir: Path, tasks: list[Path], *extra: str) -> int:
     return run_lightning_cli(args + ["--data.tasks", json.dumps([str(p) for p in tasks]), *extra])
 
 
-def _last(run: Path, key: str) -> float | None:
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get(key)]
-    return float(rows[-1][key]) if rows else None
-
-
 def _reference(out: Path, speaker: Path) -> int:
     schedule = {"cycles": 0, "lora_epochs": 1, "mlp_epochs": 1, "final_lora_epochs": REFERENCE_EPOCHS}
     status = _fit(
@@ -47,35 +43,9 @@ def _reference(out: Path, speaker: Path) -> int:
         "--model.rescore=false",
     )
     if not status:
-        acc = _last(out / "original", "val_hard/acc/synth_speaker")
+        acc = last_metric(out / "original", "val_hard/acc/synth_speaker")
         print(f"   speaker identity with the original label words: validation accuracy {acc:.3f}")
     return status
-
-
-def _cycles(run: Path) -> None:
-    from ..symbols import evolution_table
-    from .inspect_run import cycle_accuracy, inspect_run
-
-    acc = cycle_accuracy(run)
-    mappings = sorted({m for series in acc.values() for m in series})
-    print("\nvalidation accuracy with each mapping (mean over datasets):")
-    print("  mapping            soft   hard   original   right after its discovery")
-    for m in mappings:
-        name = "random start" if m == 0 else f"cycle {m} discovery"
-
-        def cell(cond: str, m: int = m) -> str:
-            v = acc.get(cond, {}).get(m)
-            return f"{v:.3f}" if v is not None else "  -  "
-
-        print(f"  {name:18s} {cell('soft')}  {cell('hard')}  {cell('original')}      {cell('discovered')}")
-    print("\nsymbol evolution (label -> symbol per cycle, with the evidence of each decision):")
-    print(evolution_table(run))
-    for f in sorted((run / "discovery").glob("cycle_*_symbols.json"), key=lambda p: int(p.name.split("_")[1])):
-        data = json.loads(f.read_text())
-        kinds = [c["change_type"] for c in data["symbol_changes"]]
-        counts = ", ".join(f"{k}={kinds.count(k)}" for k in sorted(set(kinds)))
-        print(f"  {f.name}: {data['changed_symbols']}/{data['total_symbols']} changed ({counts})")
-    inspect_run(run, png=True, table=False)
 
 
 def run_demo(out: str | Path = "runs/demo") -> int:
@@ -97,16 +67,24 @@ def run_demo(out: str | Path = "runs/demo") -> int:
     if status:
         return status
     print(f"== 4/4 results in {out}")
-    _cycles(out)
+    print_cycles(out)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; inspect it again with: salmonn-symbols inspect {out}")
     return 0
 
 
 def add_args(p) -> None:
     """Options of ``demo``."""
-    p.add_argument("--out", default="runs/demo", help="the run folder (a previous demo run in it is replaced)")
+    p.add_argument("--out", default=None, help="the run folder (default runs/demo, runs/demo-real with --real)")
+    p.add_argument(
+        "--real", action="store_true", help="real pretrained Whisper tiny.en + SmolLM2-135M (see demo_real.py)"
+    )
+    p.add_argument("--weights", default="checkpoints/small", help="with --real: prepare-weights' folder")
 
 
 def run(args) -> int:
     """Runs the demo."""
-    return run_demo(args.out)
+    if args.real:
+        from .demo_real import run_demo_real
+
+        return run_demo_real(args.out or "runs/demo-real", args.weights)
+    return run_demo(args.out or "runs/demo")

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..io import atomic_write
 from ..symbols import evolution_table, read_cycles
 
-__all__ = ["add_args", "cycle_accuracy", "evolution_figure", "inspect_run", "run"]
+__all__ = ["add_args", "cycle_accuracy", "evolution_figure", "inspect_run", "last_metric", "print_cycles", "run"]
 
 COLOURS = {"start": "#e8e8e8", "CHANGED": "#9fd89f", "KEPT": "#f6cf8a", "UNCHANGED": "#d7dce3", "OVERRIDDEN": "#a9c8f0"}
 CONDITIONS = {"val/acc/mean": "soft", "val_hard/acc/mean": "hard", "val_original/acc/mean": "original"}
@@ -61,6 +61,38 @@ def cycle_accuracy(run: Path) -> dict[str, dict[int, float]]:
                     mapping = cycle_of[epoch] - (name != "discovered")
                     out.setdefault(name, {})[mapping] = float(row[key])  # later rows win
     return out
+
+
+def last_metric(run: Path, key: str) -> float | None:
+    """The last logged value of ``key`` in ``run/metrics.csv`` (None if never logged)."""
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get(key)]
+    return float(rows[-1][key]) if rows else None
+
+
+def print_cycles(run: Path) -> None:
+    """Prints the validation accuracy of each mapping, the evolution table, and writes symbol_evolution.png."""
+    import json
+
+    acc = cycle_accuracy(run)
+    mappings = sorted({m for series in acc.values() for m in series})
+    print("\nvalidation accuracy with each mapping (mean over datasets):")
+    print("  mapping            soft   hard   original   right after its discovery")
+    for m in mappings:
+        name = "random start" if m == 0 else f"cycle {m} discovery"
+
+        def cell(cond: str, m: int = m) -> str:
+            v = acc.get(cond, {}).get(m)
+            return f"{v:.3f}" if v is not None else "  -  "
+
+        print(f"  {name:18s} {cell('soft')}  {cell('hard')}  {cell('original')}      {cell('discovered')}")
+    print("\nsymbol evolution (label -> symbol per cycle, with the evidence of each decision):")
+    print(evolution_table(run))
+    for f in sorted((run / "discovery").glob("cycle_*_symbols.json"), key=lambda p: int(p.name.split("_")[1])):
+        data = json.loads(f.read_text())
+        kinds = [c["change_type"] for c in data["symbol_changes"]]
+        counts = ", ".join(f"{k}={kinds.count(k)}" for k in sorted(set(kinds)))
+        print(f"  {f.name}: {data['changed_symbols']}/{data['total_symbols']} changed ({counts})")
+    inspect_run(run, png=True, table=False)
 
 
 def _evidence(change: dict) -> str:

