@@ -57,6 +57,7 @@ class SymbolLitModule(L.LightningModule):
         model: Model paths and shapes (a named size's fields; see `SpeechLLMConfig`).
         schedule: Cycles and phase lengths.
         lora_lr: Learning rate of the LoRA optimizer.
+        speech_lr: Learning rate of a trainable speech path (default: ``lora_lr``).
         mlp_lr: Learning rate of the symbol-MLP optimizer.
         lora_weight_decay: AdamW weight decay of LoRA.
         mlp_weight_decay: AdamW weight decay of the MLP.
@@ -96,6 +97,7 @@ class SymbolLitModule(L.LightningModule):
         model: SpeechLLMConfig | None = None,
         schedule: CycleSchedule | None = None,
         lora_lr: float = 1e-4,
+        speech_lr: float | None = None,
         mlp_lr: float = 1e-3,
         lora_weight_decay: float = 0.01,
         mlp_weight_decay: float = 1e-4,
@@ -195,7 +197,7 @@ class SymbolLitModule(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         return phase_optimizers(
-            self.model, h.lora_lr, h.mlp_lr, h.lora_weight_decay, h.mlp_weight_decay, h.warmup_steps
+            self.model, h.lora_lr, h.mlp_lr, h.lora_weight_decay, h.mlp_weight_decay, h.warmup_steps, h.speech_lr
         )
 
     def phase_step(self) -> PhaseStep:

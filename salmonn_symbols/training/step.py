@@ -32,13 +32,32 @@ def group_parameters(model: SpeechLLM, phase: str) -> list[Tensor]:
     return model.lora_parameters() + [p for p in model.speech_parameters() if p.requires_grad]
 
 
+def _lora_groups(model: SpeechLLM, lora_lr: float, speech_lr: float | None) -> list[dict]:
+    """The LoRA phase's parameter groups: one, or the trainable speech path apart at its own ``speech_lr``."""
+    params = group_parameters(model, "lora")
+    speech = {id(p) for p in model.speech_parameters()}
+    if speech_lr is None or not any(id(p) in speech for p in params):
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if id(p) not in speech]},
+        {"params": [p for p in params if id(p) in speech], "lr": speech_lr},
+    ]
+
+
 def phase_optimizers(
-    model: SpeechLLM, lora_lr: float, mlp_lr: float, lora_wd: float, mlp_wd: float, warmup_steps: int
+    model: SpeechLLM,
+    lora_lr: float,
+    mlp_lr: float,
+    lora_wd: float,
+    mlp_wd: float,
+    warmup_steps: int,
+    speech_lr: float | None = None,
 ) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LambdaLR]]:
     """The LoRA and MLP optimizers (fused AdamW: one kernel per step, and it can skip a non-finite step on the
-    device) with linear warm-up schedules counted in each optimizer's own steps."""
+    device) with linear warm-up schedules counted in each optimizer's own steps. The LoRA optimizer also trains
+    the speech path when it is trainable, at ``speech_lr`` when given (else at ``lora_lr``)."""
     fused = {"fused": True}
-    lora = torch.optim.AdamW(group_parameters(model, "lora"), lr=lora_lr, weight_decay=lora_wd, **fused)
+    lora = torch.optim.AdamW(_lora_groups(model, lora_lr, speech_lr), lr=lora_lr, weight_decay=lora_wd, **fused)
     mlp = torch.optim.AdamW(group_parameters(model, "mlp"), lr=mlp_lr, weight_decay=mlp_wd, **fused)
     warm = max(1, warmup_steps)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm)) for o in (lora, mlp)]

@@ -95,3 +95,21 @@ def test_the_training_guard_skips_and_then_reports_the_first_bad_step(tmp_path):
     assert guard.first_bad() == (3, 1)  # the first bad step is the one reported
     with pytest.raises(FloatingPointError, match="not finite at step 3 .cycle 1, mlp phase"):
         check.check(None, module)
+
+
+def test_speech_lr_puts_a_trainable_speech_path_in_its_own_group():
+    from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
+    from salmonn_symbols.training.step import phase_optimizers
+
+    model, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny", train_speech_path=True))
+    speech = {id(p) for p in model.speech_parameters()}
+    (lora, _), _ = phase_optimizers(model, 3e-4, 1e-3, 0.01, 1e-4, 0, speech_lr=2e-3)
+    assert [g["lr"] for g in lora.param_groups] == [3e-4, 2e-3]
+    assert all(id(p) not in speech for p in lora.param_groups[0]["params"])
+    assert {id(p) for p in lora.param_groups[1]["params"]} == speech
+    # without speech_lr, or with the speech path frozen: one group at lora_lr (checkpoints keep their layout)
+    (one, _), _ = phase_optimizers(model, 3e-4, 1e-3, 0.01, 1e-4, 0)
+    assert [g["lr"] for g in one.param_groups] == [3e-4]
+    frozen, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny", train_speech_path=False))
+    (f, _), _ = phase_optimizers(frozen, 3e-4, 1e-3, 0.01, 1e-4, 0, speech_lr=2e-3)
+    assert [g["lr"] for g in f.param_groups] == [3e-4]
