@@ -265,9 +265,10 @@ class SpeechLLM(nn.Module):
         B, C = batch["text_ids"].shape[0], len(candidates)
         rep = pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
         out = self.forward(rep, symbol_mode, temperature, speech.repeat_interleave(C, dim=0))
-        logp = out.logits.float().log_softmax(-1)  # (B·C, W, V)
-        labels = out.labels
-        tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)  # (B·C, L)
+        keep = out.labels != -100  # (B·C, L): the candidate tokens and EOS only
+        logp = out.logits[keep].float().log_softmax(-1)  # (K, V): no softmax over the prompt's positions
+        tok = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)  # (B·C, L)
+        tok[keep] = logp.gather(-1, out.labels[keep][:, None])[:, 0]
         return tok.sum(-1).view(B, C)
 
     @torch.no_grad()
