@@ -14,6 +14,7 @@ config that cannot be read, a split with no usable sample).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -159,7 +160,10 @@ def _decode_all(
     from tqdm import tqdm
 
     seconds = 0.0
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    # spawned, not forked: a fork of a process whose OpenMP thread pool has run (any torch op with more than one
+    # thread, e.g. a fit earlier in the same process) can hang in the child's first parallel torch op
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
         results = pool.map(_decode, [(s, cfg) for s in samples], chunksize=8)
         for res in tqdm(results, total=len(samples), desc=f"{cfg.name}/{split}", disable=not progress, file=sys.stderr):
             if isinstance(res, DataProblem):
