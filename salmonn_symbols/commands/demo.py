@@ -79,6 +79,8 @@ def add_args(p) -> None:
         "--real", action="store_true", help="real pretrained Whisper tiny.en + SmolLM2-135M (see demo_real.py)"
     )
     p.add_argument("--weights", default="checkpoints/small", help="with --real: prepare-weights' folder")
+    p.add_argument("--accelerator", default="cpu", help="with --real: cpu or gpu (one device)")
+    p.add_argument("--task", default=None, help="with --real: an existing command task YAML (no espeak-ng needed)")
 
 
 def run(args) -> int:
@@ -86,5 +88,5 @@ def run(args) -> int:
     if args.real:
         from .demo_real import run_demo_real
 
-        return run_demo_real(args.out or "runs/demo-real", args.weights)
+        return run_demo_real(args.out or "runs/demo-real", args.weights, args.accelerator, args.task)
     return run_demo(args.out or "runs/demo")

@@ -24,16 +24,17 @@ __all__ = ["own_word_ranks", "run_demo_real"]
 _SMALL = Path(__file__).resolve().parents[2] / "configs" / "small.yaml"
 # The preset learns the command task in about 170 LoRA steps of batch 8 (configs/small.yaml): 12 steps per epoch
 # here, so 14 epochs for the reference and 7 per cycle for the discovery run (the second cycle starts from the
-# first one's LoRA and speech path).
+# first one's LoRA and speech path). 10 reference epochs reach only 0.54 (docs/benchmarks.md).
 REFERENCE_EPOCHS = 14
 TRAIN_PER_LABEL, VAL_PER_LABEL = 16, 6
 SCHEDULE = {"cycles": 2, "lora_epochs": 7, "mlp_epochs": 1}
 
 
-def _fit(run_dir: Path, tasks: list[Path], weights: Path, *extra: str) -> int:
+def _fit(run_dir: Path, tasks: list[Path], weights: Path, accelerator: str, *extra: str) -> int:
     from ..training.cli import run_lightning_cli
 
     args = ["fit", "--config", str(_SMALL), "--run_dir", str(run_dir), "--overwrite", "true"]
+    args += ["--trainer.accelerator", accelerator, "--trainer.devices", "1"]
     args += ["--data.tasks", json.dumps([str(p) for p in tasks])]
     args += ["--trainer.enable_progress_bar", "false"]
     args += ["--model.speech_cache_dir", str(run_dir.parent / "speech_cache")]  # one cache for both runs
@@ -94,8 +95,20 @@ def _report(out: Path, reference: float | None, weights: Path) -> None:
             print(f"  cycle {c}  {lab:8s} {text}")
 
 
-def run_demo_real(out: str | Path = "runs/demo-real", weights: str | Path = "checkpoints/small") -> int:
-    """Runs the real-model demo under ``out``; returns an exit status."""
+def run_demo_real(
+    out: str | Path = "runs/demo-real",
+    weights: str | Path = "checkpoints/small",
+    accelerator: str = "cpu",
+    task: str | Path | None = None,
+) -> int:
+    """Runs the real-model demo under ``out``; returns an exit status.
+
+    Args:
+        out: The demo's folder.
+        weights: ``prepare-weights``' folder (made there when missing).
+        accelerator: Lightning accelerator of both runs ("cpu", "gpu"; one device).
+        task: An existing command task YAML to use instead of synthesising one (a machine without espeak-ng).
+    """
     from ..data.synthetic import make_dataset
     from .inspect_run import last_metric
 
@@ -103,19 +116,24 @@ def run_demo_real(out: str | Path = "runs/demo-real", weights: str | Path = "che
     print(f"== 0/4 real pretrained weights ({weights})")
     _weights(weights)
     t1 = time.perf_counter()
-    print("== 1/4 synthetic spoken commands (espeak-ng)")
-    sizes = dict(train_per_label=TRAIN_PER_LABEL, val_per_label=VAL_PER_LABEL, test_per_label=2)
-    yamls = make_dataset(out / "synth", tasks=("command",), **sizes)
-    tasks = [yamls["command"]]
+    if task is None:
+        print("== 1/4 synthetic spoken commands (espeak-ng)")
+        sizes = dict(train_per_label=TRAIN_PER_LABEL, val_per_label=VAL_PER_LABEL, test_per_label=2)
+        task = make_dataset(out / "synth", tasks=("command",), **sizes)["command"]
+    else:
+        print(f"== 1/4 spoken commands from {task}")
+    tasks = [Path(task)]
     print(f"== 2/4 reference: the original label words, {REFERENCE_EPOCHS} LoRA epochs")
     schedule = {"cycles": 0, "final_lora_epochs": REFERENCE_EPOCHS}
     ref_args = ("--model.initial_symbols=original", f"--model.schedule={json.dumps(schedule)}")
-    status = _fit(out / "original", tasks, weights, *ref_args, "--model.eval_modes=[hard]", "--model.rescore=false")
+    status = _fit(
+        out / "original", tasks, weights, accelerator, *ref_args, "--model.eval_modes=[hard]", "--model.rescore=false"
+    )
     if status:
         return status
     reference = last_metric(out / "original", "val_hard/acc/mean")
     print("== 3/4 discovery: random 2-token symbols, 2 cycles")
-    status = _fit(out / "discovery-run", tasks, weights, f"--model.schedule={json.dumps(SCHEDULE)}")
+    status = _fit(out / "discovery-run", tasks, weights, accelerator, f"--model.schedule={json.dumps(SCHEDULE)}")
     if status:
         return status
     print(f"== 4/4 results in {out}")

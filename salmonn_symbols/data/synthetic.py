@@ -60,6 +60,7 @@ _SPEAKERS = {
     "gamma": ("en+m7", 20, 150),
     "delta": ("en+f4", 80, 190),
 }
+_PITCH_JITTER = 6  # of espeak-ng's 0-99 pitch scale, on a repeated sentence (the closest profiles are 20 apart)
 # fmt: off
 _EN_SENTENCES = (
     "The weather is nice today.", "I would like a cup of coffee.", "The train leaves at seven o'clock.",
@@ -131,8 +132,22 @@ def _draw(rng: random.Random, pool: Sequence[str], k: int) -> list[str]:
 
 
 def _plan_speaker(rng: random.Random, split: str, k: int, labels: Sequence[str]) -> dict[str, list[_Clip]]:
+    # A sentence said again by the same speaker (more clips than the split has sentences) is said with a slightly
+    # different pitch and speed, as a person would, so it is a new clip and not a byte-identical copy. The first
+    # pass over the sentences keeps the profile exactly (so small sets are unchanged); the jitter stays well
+    # inside the gaps between the profiles.
     pool = _held_out(_EN_SENTENCES, split)
-    return {lab: [(t, *_SPEAKERS[lab]) for t in _draw(rng, pool, k)] for lab in labels}
+    out: dict[str, list[_Clip]] = {}
+    for lab in labels:
+        voice, pitch, speed = _SPEAKERS[lab]
+        clips: list[_Clip] = []
+        for i, t in enumerate(_draw(rng, pool, k)):
+            clip = (t, voice, pitch, speed)
+            while i >= len(pool) and clip in clips:  # a repeat: a delivery of this sentence not used yet
+                clip = (t, voice, pitch + rng.randint(-_PITCH_JITTER, _PITCH_JITTER), speed + rng.randint(-8, 8))
+            clips.append(clip)
+        out[lab] = clips
+    return out
 
 
 def _plan_language(rng: random.Random, split: str, k: int, labels: Sequence[str]) -> dict[str, list[_Clip]]:

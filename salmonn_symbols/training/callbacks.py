@@ -75,10 +75,12 @@ class CycleMetrics(L.Callback):
         info, bs = pl_module.phase(), batch["wav"].shape[0]
         mlp = float(info.phase == "mlp")
         pl_module.log_dict({"cycle": float(info.cycle), "mlp_phase": mlp}, prog_bar=True, logger=False, batch_size=bs)
+        active = pl_module.optimizers()[int(mlp)]  # a Python float: no device sync
         metrics = {
             "train/cycle": float(info.cycle),
             "train/phase": mlp,
             "train/temperature": pl_module.train_temperature,
+            "train/lr": active.param_groups[0]["lr"],
         }
         pl_module.log_dict(metrics | {"train/skipped": float(len(batch["skipped"]))}, batch_size=bs)
 

@@ -62,6 +62,7 @@ class SymbolLitModule(L.LightningModule):
         lora_weight_decay: AdamW weight decay of LoRA.
         mlp_weight_decay: AdamW weight decay of the MLP.
         warmup_steps: Linear warm-up of each optimizer, counted in its own steps.
+        lr_decay: After the warm-up: "none" (constant), "linear" or "cosine" to 0 at the optimizer's last step.
         max_grad_norm: Gradient clipping of the active group (0 disables).
         lora_phase_symbols: What symbol positions get in LoRA phases: "soft" (frozen MLP + soft quantization),
             "hard" (frozen MLP + argmax) or "raw" (the symbols' own embeddings).
@@ -102,6 +103,7 @@ class SymbolLitModule(L.LightningModule):
         lora_weight_decay: float = 0.01,
         mlp_weight_decay: float = 1e-4,
         warmup_steps: int = 0,
+        lr_decay: str = "none",
         max_grad_norm: float = 1.0,
         lora_phase_symbols: str = "soft",
         temperature: TemperatureSchedule | None = None,
@@ -196,9 +198,9 @@ class SymbolLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
         h = self.hparams
-        return phase_optimizers(
-            self.model, h.lora_lr, h.mlp_lr, h.lora_weight_decay, h.mlp_weight_decay, h.warmup_steps, h.speech_lr
-        )
+        steps = self.schedule.phase_steps(self.trainer.estimated_stepping_batches) if h.lr_decay != "none" else None
+        wd = (h.lora_weight_decay, h.mlp_weight_decay)
+        return phase_optimizers(self.model, h.lora_lr, h.mlp_lr, *wd, h.warmup_steps, h.speech_lr, h.lr_decay, steps)
 
     def phase_step(self) -> PhaseStep:
         """The training step, bound to this run's optimizers and schedulers."""
@@ -222,9 +224,8 @@ class SymbolLitModule(L.LightningModule):
         sampler = self.trainer.datamodule.train_sampler
         if sampler is not None:  # Lightning only sets the epoch of samplers it owns
             sampler.set_epoch(self.current_epoch)
-        # Lightning never calls train() during fit: it restores each submodule's own flag after validation. Calling
-        # it here applies SpeechLLM's rule that the frozen encoders (and a frozen Q-Former) stay in eval mode, so
-        # no dropout or layer drop reaches the speech features or the cache.
+        # Lightning never calls train() during fit (it restores each submodule's flag after validation); calling it
+        # applies SpeechLLM's rule that frozen encoders (and a frozen Q-Former) stay in eval mode: no dropout.
         self.model.train()
         log.info("epoch %d: cycle %d, %s phase", self.current_epoch, self.phase().cycle, self.phase().phase)
 

@@ -12,6 +12,7 @@ One schedule and one fit keep the optimizers, learning-rate schedules and the lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["CycleSchedule", "PhaseInfo"]
@@ -74,6 +75,13 @@ class CycleSchedule:
     def total_epochs(self) -> int:
         """Epochs of the whole run (the Trainer's max_epochs)."""
         return self.cycles * self.cycle_epochs + self.final_lora_epochs
+
+    def phase_steps(self, run_steps: float) -> dict[str, int]:
+        """Optimizer steps of each phase over the whole run, {"lora": n, "mlp": m}, from the run's total steps
+        (every epoch has the same batches, and each step belongs to one phase's optimizer)."""
+        per_epoch = math.ceil(run_steps / self.total_epochs)
+        lora = self.cycles * self.lora_epochs + self.final_lora_epochs
+        return {"lora": lora * per_epoch, "mlp": self.cycles * self.mlp_epochs * per_epoch}
 
     def at(self, epoch: int) -> PhaseInfo:
         """The phase of ``epoch`` (0-based)."""

@@ -11,7 +11,9 @@ AdamW skip a step with non-finite gradients on the device, so the step never wai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from ..model.speech_llm import SpeechLLM, SpeechLLMOutput
 
-__all__ = ["PHASES", "NonFiniteGuard", "PhaseStep", "group_parameters", "phase_optimizers"]
+__all__ = ["LR_DECAYS", "PHASES", "NonFiniteGuard", "PhaseStep", "group_parameters", "lr_factor", "phase_optimizers"]
 
 PHASES = ("lora", "mlp")
 
@@ -44,6 +46,19 @@ def _lora_groups(model: SpeechLLM, lora_lr: float, speech_lr: float | None) -> l
     ]
 
 
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def lr_factor(step: int, warmup_steps: int, decay: str = "none", total_steps: int = 0) -> float:
+    """The learning-rate multiplier of an optimizer's ``step`` (its own steps, from 0): a linear warm-up over
+    ``warmup_steps``, then constant, or a linear or cosine decay that reaches 0 at ``total_steps``."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay == "none" or total_steps <= warmup_steps:
+        return warm
+    done = min(1.0, max(0.0, (step - warmup_steps) / (total_steps - warmup_steps)))  # of the decay, 0 -> 1
+    return warm * (1.0 - done if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * done)))
+
+
 def phase_optimizers(
     model: SpeechLLM,
     lora_lr: float,
@@ -52,15 +67,23 @@ def phase_optimizers(
     mlp_wd: float,
     warmup_steps: int,
     speech_lr: float | None = None,
+    decay: str = "none",
+    total_steps: Mapping[str, int] | None = None,
 ) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LambdaLR]]:
     """The LoRA and MLP optimizers (fused AdamW: one kernel per step, and it can skip a non-finite step on the
-    device) with linear warm-up schedules counted in each optimizer's own steps. The LoRA optimizer also trains
-    the speech path when it is trainable, at ``speech_lr`` when given (else at ``lora_lr``)."""
+    device) with learning-rate schedules counted in each optimizer's own steps (`lr_factor`; ``total_steps``
+    gives each phase's steps over the run, for a decay). The LoRA optimizer also trains the speech path when it
+    is trainable, at ``speech_lr`` when given (else at ``lora_lr``)."""
+    if decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {decay!r}")
     fused = {"fused": True}
     lora = torch.optim.AdamW(_lora_groups(model, lora_lr, speech_lr), lr=lora_lr, weight_decay=lora_wd, **fused)
     mlp = torch.optim.AdamW(group_parameters(model, "mlp"), lr=mlp_lr, weight_decay=mlp_wd, **fused)
-    warm = max(1, warmup_steps)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm)) for o in (lora, mlp)]
+    totals = total_steps or {}
+    scheds = [
+        torch.optim.lr_scheduler.LambdaLR(o, partial(lr_factor, warmup_steps=warmup_steps, decay=decay, total_steps=n))
+        for o, n in ((lora, totals.get("lora", 0)), (mlp, totals.get("mlp", 0)))
+    ]
     return [lora, mlp], scheds
 
 

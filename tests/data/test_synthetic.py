@@ -22,7 +22,7 @@ import yaml
 from salmonn_symbols.commands.make_dataset import add_args as add_make_dataset_args
 from salmonn_symbols.commands.make_dataset import run as run_make_dataset
 from salmonn_symbols.data.manifest import read_split
-from salmonn_symbols.data.synthetic import TASKS, _Job, _render, make_dataset
+from salmonn_symbols.data.synthetic import _SPEAKERS, TASKS, _Job, _plan, _render, make_dataset
 from salmonn_symbols.data.tasks import load_task_config
 from salmonn_symbols.model.whisper import log_mel
 
@@ -162,6 +162,29 @@ def test_speaker_profiles_have_distinct_pitch(built):
     assert med["delta"] > 1.5 * med["alpha"], med
     for a, b in itertools.combinations(med, 2):
         assert abs(med[a] - med[b]) > 0.1 * min(med[a], med[b]), (a, b, med)
+
+
+@pytest.mark.parametrize("task", ["speaker", "language", "command"])
+def test_more_clips_than_sentences_are_still_distinct_clips(task):
+    # 40 training clips per label from a pool of at most 18 sentences: every sentence is said two or three times,
+    # never twice the same way (a byte-identical clip would count twice in training and in the speech cache).
+    sizes = {"train": 40, "validation": 14, "test": 1}
+    labels = LABELS[task][:3]
+    jobs = _plan(task, labels, Path("unused"), sizes, seed=0)
+    for split, rows in jobs.items():
+        for lab in labels:
+            clips = [(j.text, j.voice, j.pitch, j.speed) for j in rows if j.label == lab]
+            assert len(clips) == sizes[split] and len(set(clips)) == len(clips), (split, lab)
+
+
+def test_speaker_repeats_keep_the_profile_apart():
+    # the first pass over the sentences is the exact profile; repeats stay within the jitter of it
+    jobs = _plan("speaker", LABELS["speaker"], Path("unused"), {"train": 60, "validation": 1, "test": 1}, seed=3)
+    for lab, (voice, pitch, speed) in _SPEAKERS.items():
+        clips = [j for j in jobs["train"] if j.label == lab]
+        assert all((j.voice, j.pitch, j.speed) == (voice, pitch, speed) for j in clips[:18])
+        assert all(j.voice == voice and abs(j.pitch - pitch) <= 6 and abs(j.speed - speed) <= 8 for j in clips)
+        assert len({(j.pitch, j.speed) for j in clips[18:]}) > 10
 
 
 def test_missing_espeak_says_how_to_install(tmp_path):

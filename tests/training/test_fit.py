@@ -14,6 +14,7 @@ import yaml
 from salmonn_symbols.cli import main
 from salmonn_symbols.symbols import validate_discovery_dir
 from salmonn_symbols.training.schedule import CycleSchedule
+from salmonn_symbols.training.step import lr_factor, phase_optimizers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,17 @@ def test_schedule():
         s.at(7)
     with pytest.raises(ValueError):
         CycleSchedule(mlp_epochs=0)
+    assert s.phase_steps(7 * 10) == {"lora": 30, "mlp": 40}  # 3 LoRA and 4 MLP epochs of 10 batches
+
+
+def test_learning_rate_warm_up_and_decay():
+    assert [lr_factor(k, 4) for k in (0, 3, 50)] == [0.25, 1.0, 1.0]  # warm-up, then constant
+    lin = [lr_factor(k, 2, "linear", 10) for k in range(11)]
+    assert lin[:3] == [0.5, 1.0, 1.0] and lin[6] == 0.5 and lin[10] == 0.0 and lr_factor(12, 2, "linear", 10) == 0
+    cos = [lr_factor(k, 0, "cosine", 10) for k in range(11)]
+    assert cos[0] == 1.0 and abs(cos[5] - 0.5) < 1e-12 and cos[10] < 1e-12 and cos == sorted(cos, reverse=True)
+    with pytest.raises(ValueError, match="lr_decay"):
+        phase_optimizers(torch.nn.Module(), 1e-3, 1e-3, 0.0, 0.0, 0, decay="exp")
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +149,20 @@ def test_checkpoints_hold_trainable_state_only_and_load_weights_only(tmp_path, s
                 "1",
                 "--model.rescore",
                 "false",
+                "--model.lr_decay",
+                "linear",
+                "--trainer.log_every_n_steps",
+                "1",
             ]
         )
         == 0
     )
     run = _run_dir(tmp_path)
+    # each optimizer's learning rate decays over its own phase's steps, to 0 at its last step of the run
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/lr")]
+    for phase in ("0.0", "1.0"):
+        lrs = [float(r["train/lr"]) for r in rows if r["train/phase"] == phase]
+        assert len(lrs) >= 2 and lrs[0] > 0 and lrs[-1] == 0 and lrs == sorted(lrs, reverse=True), (phase, lrs)
     names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert {"cycle1-lora-end.ckpt", "cycle1-mlp-end.ckpt", "last.ckpt"} <= set(names)
     ckpt = torch.load(run / "checkpoints" / "cycle1-mlp-end.ckpt", weights_only=True)
