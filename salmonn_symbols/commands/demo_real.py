@@ -24,7 +24,7 @@ __all__ = ["own_word_ranks", "run_demo_real"]
 _SMALL = Path(__file__).resolve().parents[2] / "configs" / "small.yaml"
 # The preset learns the command task in about 170 LoRA steps of batch 8 (configs/small.yaml): 12 steps per epoch
 # here, so 14 epochs for the reference and 7 per cycle for the discovery run (the second cycle starts from the
-# first one's LoRA and speech path). 10 reference epochs reach only 0.54 (docs/benchmarks.md).
+# first one's LoRA and speech path). After 10 epochs the reference stands at 0.78 (docs/benchmarks.md).
 REFERENCE_EPOCHS = 14
 TRAIN_PER_LABEL, VAL_PER_LABEL = 16, 6
 SCHEDULE = {"cycles": 2, "lora_epochs": 7, "mlp_epochs": 1}

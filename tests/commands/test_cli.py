@@ -258,7 +258,8 @@ def test_readme_commands_name_real_commands_and_options():
     from salmonn_symbols.cli import COMMANDS
 
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    lines = [ln.split("  #")[0].strip() for b in blocks for ln in b.splitlines()]
+    joined = [re.sub(r"\\\n\s*", " ", b) for b in blocks]  # a command continued over lines with "\"
+    lines = [ln.split("  #")[0].strip() for b in joined for ln in b.splitlines()]
     commands = [shlex.split(ln) for ln in lines if ln.startswith("salmonn-symbols ")]
     assert len(commands) >= 15
     lightning = {"--config", "--run_dir", "--ckpt_path", "--checkpoint_every_n_steps", "--overwrite"}
