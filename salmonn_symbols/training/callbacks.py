@@ -26,6 +26,7 @@ import torch
 
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from .cycle import DiscoveryRecord
+from .step import PHASES
 
 __all__ = [
     "CycleMetrics",
@@ -75,7 +76,7 @@ class CycleMetrics(L.Callback):
         info, bs = pl_module.phase(), batch["wav"].shape[0]
         mlp = float(info.phase == "mlp")
         pl_module.log_dict({"cycle": float(info.cycle), "mlp_phase": mlp}, prog_bar=True, logger=False, batch_size=bs)
-        active = pl_module.optimizers()[int(mlp)]  # a Python float: no device sync
+        active = pl_module.optimizers()[PHASES.index(info.phase)]  # its lr is a Python float: no device sync
         metrics = {
             "train/cycle": float(info.cycle),
             "train/phase": mlp,
