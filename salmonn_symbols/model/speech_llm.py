@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .candidates import PromptKV, candidate_tree, continuation_layout, pack_candidates
 from .qformer import WindowQFormer
 from .symbol_injector import SymbolInjector
 from .whisper import log_mel
 
-__all__ = ["SYMBOL_SCOPES", "SpeechLLM", "SpeechLLMOutput", "pack_candidates"]
+__all__ = ["SYMBOL_SCOPES", "PromptState", "SpeechLLM", "SpeechLLMOutput", "pack_candidates"]
 
 SYMBOL_SCOPES = ("prompt", "target", "both")
 
@@ -44,6 +45,23 @@ class SpeechLLMOutput:
     logits: Tensor
     n_targets: Tensor
     labels: Tensor | None = None
+
+
+@dataclass
+class PromptState:
+    """A batch of prompts after one pass (`SpeechLLM.encode_prompt`).
+
+    Attributes:
+        kv: Every layer's keys and values of the prompts.
+        lengths: Real prompt embeddings per row (prefix + speech + prompt text), shape (B,).
+        seq_len: Embeddings per row, pads included.
+        last: Final hidden state of each row's last real prompt token, shape (B, 1, H).
+    """
+
+    kv: PromptKV
+    lengths: Tensor
+    seq_len: int
+    last: Tensor
 
 
 class SpeechLLM(nn.Module):
@@ -127,6 +145,12 @@ class SpeechLLM(nn.Module):
                     m.eval()
         return self
 
+    @property
+    def keeps_prompts(self) -> bool:
+        """Whether the LLM's decoder has the LLaMA block layout (rotary_emb, layers, norm) that the one-prompt
+        passes need (`score_candidates`' tree, `encode_prompt`)."""
+        return _has_blocks(self.llm.get_base_model().get_decoder())
+
     # -------------------------------------------------------------------------------------------- speech
     def encode_speech(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
         """Speech tokens for the LLM: `speech_from_audio` of `encode_audio`.
@@ -207,6 +231,14 @@ class SpeechLLM(nn.Module):
         frames = -(-int(batch["max_wav_len"]) // 320)  # Whisper output frames: 160-sample hop, then stride 2
         return max(1, min(windows, -(-frames // self.speech_qformer.stride)))
 
+    def kept_frames(self, batch: dict, frames: int) -> int:
+        """How many of ``frames`` encoder frames the kept windows read (all unless ``speech_windows="audio"``):
+        `speech_from_audio` of only these gives the kept windows exactly (each window is its own Q-Former pass)."""
+        qf = self.speech_qformer
+        windows = (frames - qf.window) // qf.stride + 1
+        k = self.kept_windows(batch, windows)
+        return frames if k == windows else (k - 1) * qf.stride + qf.window
+
     def forward(
         self,
         batch: dict[str, Tensor],
@@ -250,6 +282,9 @@ class SpeechLLM(nn.Module):
     ) -> Tensor:
         """Log-likelihood of each candidate continuation (e.g. label symbol + EOS) after each prompt.
 
+        The prompt is computed once per row and every candidate attends to it (`candidate_tree`); a decoder
+        without the LLaMA block layout scores B·C packed rows instead.
+
         Args:
             batch: ``wav``, ``wav_lengths``, ``prefix_ids``, and prompt-only ``text_ids`` / ``text_mask``.
             candidates: C token-id lists.
@@ -262,6 +297,21 @@ class SpeechLLM(nn.Module):
         """
         if speech is None:
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
+        if not self.keeps_prompts:
+            return self._score_packed(batch, candidates, symbol_mode, temperature, speech)
+        base = self.llm.get_base_model()
+        tree = candidate_tree(batch, candidates)
+        embeds, _ = self.embed_inputs(tree.batch, speech, symbol_mode, temperature)  # (B, S + C·Lc, H)
+        positions, mask, source = tree.layout(embeds.shape[1])
+        hidden = _decode(base.get_decoder(), embeds, positions, mask)  # (B, T, H)
+        hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, C·Lc, H)
+        logp = base.get_output_embeddings()(hidden).float().log_softmax(-1)  # (B, C·Lc, V)
+        ids = tree.candidates.flatten()[None].expand(hidden.shape[0], -1)  # (B, C·Lc)
+        tok = logp.gather(-1, ids.clamp_min(0)[..., None])[..., 0] * (ids != -100)
+        return tok.view(-1, *tree.candidates.shape).sum(-1)  # (B, C)
+
+    def _score_packed(self, batch, candidates, symbol_mode, temperature, speech) -> Tensor:
+        """`score_candidates` on B·C rows of prompt + candidate, for decoders `_decode` cannot mask."""
         B, C = batch["text_ids"].shape[0], len(candidates)
         rep = pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
         out = self.forward(rep, symbol_mode, temperature, speech.repeat_interleave(C, dim=0))
@@ -270,6 +320,36 @@ class SpeechLLM(nn.Module):
         tok = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)  # (B·C, L)
         tok[keep] = logp.gather(-1, out.labels[keep][:, None])[:, 0]
         return tok.sum(-1).view(B, C)
+
+    @torch.no_grad()
+    def encode_prompt(self, batch: dict[str, Tensor], speech: Tensor, symbol_mode: str = "raw") -> PromptState:
+        """One pass over prompt rows (``prefix_ids``, prompt-only ``text_ids`` / ``text_mask``), keeping what
+        `continue_prompt` needs to score continuations without computing the prompt again."""
+        base = self.llm.get_base_model()
+        if not self.keeps_prompts:
+            raise ValueError("encode_prompt needs a LLaMA-style decoder (rotary_emb, layers, norm)")
+        prompt = dict(batch, labels=torch.full_like(batch["text_ids"], -100))
+        embeds, _ = self.embed_inputs(prompt, speech, symbol_mode, 0.1)  # (B, S, H)
+        kv = PromptKV()
+        hidden = _decode(base.get_decoder(), embeds, kv=kv)  # (B, S, H)
+        kv.frozen = True
+        lengths = embeds.shape[1] - batch["text_ids"].shape[1] + batch["text_mask"].sum(1)  # (B,)
+        last = hidden.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1]))  # (B, 1, H)
+        return PromptState(kv, lengths, embeds.shape[1], last)
+
+    @torch.no_grad()
+    def continue_prompt(self, state: PromptState, ids: list[int]) -> Tensor:
+        """Next-token logits after each prompt and after each of ``ids`` (raw token embeddings) following it,
+        shape (B, len(ids) + 1, V): what a teacher-forced pass over prompt + ``ids`` gives at those positions."""
+        base = self.llm.get_base_model()
+        hidden = [state.last]
+        if ids:
+            B = state.lengths.shape[0]
+            tokens = torch.tensor(ids, device=state.lengths.device)[None].expand(B, -1)  # (B, La)
+            embeds = self.llm.get_input_embeddings()(tokens).to(state.last.dtype)  # (B, La, H)
+            positions, mask = continuation_layout(state.lengths, state.seq_len, len(ids))
+            hidden.append(_decode(base.get_decoder(), embeds, positions, mask, kv=state.kv))
+        return base.get_output_embeddings()(torch.cat(hidden, dim=1))  # (B, La + 1, V)
 
     @torch.no_grad()
     def generate(
@@ -328,21 +408,44 @@ class SpeechLLM(nn.Module):
         return hook
 
 
-def _decode(decoder: nn.Module, embeds: Tensor) -> Tensor:
-    """Runs a LLaMA-style decoder over right-padded rows with plain causal attention and no KV cache.
+def _has_blocks(decoder: nn.Module) -> bool:
+    """Whether ``decoder`` has the LLaMA rotary/layers/norm layout `_decode` calls directly."""
+    return all(hasattr(decoder, a) for a in ("rotary_emb", "layers", "norm"))
+
+
+def _decode(
+    decoder: nn.Module,
+    embeds: Tensor,
+    positions: Tensor | None = None,
+    mask: Tensor | None = None,
+    kv: PromptKV | None = None,
+) -> Tensor:
+    """Runs a LLaMA-style decoder over right-padded rows with no KV cache.
 
     Every row is right-padded, so under causal attention no real token ever sees a pad and no mask is needed:
     SDPA stays on its ``is_causal`` path. The decoder's own ``forward`` would build a mask or, without one, scan
     the position ids for packed sequences, and both read device values on the host; calling the blocks directly
     keeps the step free of host syncs. Decoders without the rotary/layers/norm layout run their own forward.
+
+    Args:
+        decoder: The LLM's decoder.
+        embeds: Input embeddings, shape (B, T, H).
+        positions: Rotary positions (B, T); default 0 … T-1.
+        mask: Boolean attention mask (B, 1, T, T), True where a query may attend a key (the candidate tree of
+            `score_candidates`); default causal.
+        kv: Keys and values to store (a prompt's pass) or to attend to (a continuation's, with ``mask`` over
+            the stored keys and its own).
     """
-    if not all(hasattr(decoder, a) for a in ("rotary_emb", "layers", "norm")):
+    if not _has_blocks(decoder):
         return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    positions = torch.arange(embeds.shape[1], device=embeds.device)[None]  # (1, T)
-    rotary = decoder.rotary_emb(embeds, position_ids=positions)  # (cos, sin), each (1, T, head_dim)
+    if positions is None:
+        positions = torch.arange(embeds.shape[1], device=embeds.device)[None]  # (1, T)
+    rotary = decoder.rotary_emb(embeds, position_ids=positions)  # (cos, sin), each (B or 1, T, head_dim)
     hidden = embeds
     for layer in decoder.layers:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rotary, position_ids=positions)
+        hidden = layer(
+            hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions, past_key_values=kv
+        )
     return decoder.norm(hidden)  # (B, T, H)
 
 
@@ -376,27 +479,3 @@ def _left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     shift = T - mask.sum(1, keepdim=True)  # (B, 1) pads per row
     idx = (torch.arange(T, device=mask.device)[None] - shift) % T  # (B, T)
     return embeds.gather(1, idx[..., None].expand_as(embeds)), mask.gather(1, idx)
-
-
-def pack_candidates(batch: dict[str, Tensor], candidates: list[list[int]]) -> dict[str, Tensor]:
-    """B·C rows: each prompt followed by each candidate, right-padded; labels mark the candidate tokens."""
-    text, tmask = batch["text_ids"], batch["text_mask"]
-    B, C = text.shape[0], len(candidates)
-    lengths = tmask.sum(1)  # (B,)
-    cand = torch.full((C, max(len(c) for c in candidates)), -100, dtype=torch.long, device=text.device)
-    for i, c in enumerate(candidates):
-        cand[i, : len(c)] = torch.tensor(c, device=text.device)
-    L = text.shape[1] + cand.shape[1]
-    pos = torch.arange(L, device=text.device)[None]  # (1, L)
-    start = lengths.repeat_interleave(C)[:, None]  # (B·C, 1)
-    cand_rows = cand.repeat(B, 1)  # (B·C, Lc)
-    rel = (pos - start).clamp(0, cand.shape[1] - 1)
-    in_cand = (pos >= start) & (cand_rows.gather(1, rel) != -100) & (pos - start < cand.shape[1])
-    base = F.pad(text.repeat_interleave(C, 0), (0, cand.shape[1]), value=0)
-    ids = torch.where(in_cand, cand_rows.gather(1, rel), base)
-    mask = torch.where(in_cand, 1, F.pad(tmask.repeat_interleave(C, 0), (0, cand.shape[1])))
-    labels = torch.where(in_cand, ids, -100)
-    out = dict(prefix_ids=batch["prefix_ids"].repeat_interleave(C, 0), text_ids=ids, text_mask=mask, labels=labels)
-    # every candidate starts right after its row's prompt: the logits are needed there only
-    out |= {"prompt_lengths": lengths.repeat_interleave(C), "target_len": cand.shape[1]}
-    return out | ({"max_wav_len": batch["max_wav_len"]} if "max_wav_len" in batch else {})

@@ -39,7 +39,8 @@ from torch import Tensor
 from ..data.dataset import SpeechCollator, SpeechDataset
 from ..data.prompt import PromptBuilder
 from ..data.transforms import PromptTransform
-from ..model.speech_llm import SpeechLLM, pack_candidates
+from ..model.candidates import pack_candidates
+from ..model.speech_llm import PromptState, SpeechLLM
 from ..symbols.book import SymbolBook
 
 __all__ = ["LOSSES", "TaskLossScorer"]
@@ -110,6 +111,7 @@ class TaskLossScorer:
         self._pools: dict[int, _Pool] = {}
         self._current: dict[tuple[int, str], Tensor] = {}  # (pool, half) -> scores of the current symbols (N, K)
         self._probes: dict[tuple[str, tuple[int, ...]], tuple[list[Tensor], list[Tensor]]] = {}
+        self._prompt_states: dict[int, PromptState] = {}  # pool -> its search half's prompts, run once
 
     @property
     def device(self) -> torch.device:
@@ -279,6 +281,18 @@ class TaskLossScorer:
         vals, top = score.topk(k)
         return [(int(i), float(v)) for i, v in zip(top, vals, strict=True) if v != -math.inf]
 
+    def _prompt_state(self, pool: _Pool) -> PromptState:
+        """The search half's prompts (current symbols) after one pass, kept for every likelihood probe."""
+        if id(pool) not in self._prompt_states:
+            rows = pool.rows("search")
+            prompt = {
+                k: v.to(self.device) if torch.is_tensor(v) else v
+                for k, v in self._prompts(pool, rows, self.book).items()
+            }
+            with _eval(self.model):
+                self._prompt_states[id(pool)] = self.model.encode_prompt(prompt, self._speech(pool)[torch.tensor(rows)])
+        return self._prompt_states[id(pool)]
+
     def _probe(self, label: str, ids: tuple[int, ...], gradient: bool) -> tuple[list[Tensor], list[Tensor]]:
         """One pass over the search half with ``ids`` (then EOS) teacher-forced as the answer after each prompt:
         per position, every token's mean probability on the label's clips minus that on the other labels'
@@ -294,6 +308,13 @@ class TaskLossScorer:
             rows = pool.rows("search")
             own = torch.tensor([pool.golds[i] == label for i in rows], dtype=torch.bool)
             if not own.any():
+                continue
+            if not gradient and self.model.keeps_prompts:
+                # the prompts are the same for every probe: run them once, then only the answer's tokens
+                with _eval(self.model):
+                    prob = self.model.continue_prompt(self._prompt_state(pool), list(ids[:-1])).float().softmax(-1)
+                mine.append(prob[own])
+                others.append(prob[~own])
                 continue
             packed = pack_candidates(self._prompts(pool, rows, self.book), [list(ids) + [self.prompts.eos_id]])
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in packed.items()}

@@ -208,7 +208,10 @@ class RunSpeechCache:
             level = "audio" if any(p.requires_grad for p in model.speech_parameters()) else "speech"
             self.cache = SpeechCache.for_run(model, self.folder, self.run_dir, self.precision, rank, level)
         rows = self.cache.speech(model, batch, batch["audio_keys"])
-        return rows if self.cache.level == "speech" else model.speech_from_audio(rows)
+        if self.cache.level == "speech":
+            return rows
+        # the trainable part runs on the frames of the windows that reach the LLM only
+        return model.speech_from_audio(rows[:, : model.kept_frames(batch, rows.shape[1])])
 
     def flush(self, rate: bool = True) -> float | None:
         """Writes new rows to disk; returns the hit rate since the last call (None before the cache exists)."""

@@ -215,6 +215,72 @@ def test_closed_set_scoring_matches_teacher_forcing(tiny):
             torch.testing.assert_close(scores[i, j], ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["soft", "hard", "raw"])
+def test_candidate_tree_scores_equal_packed_rows(tiny, mode):
+    """One row per prompt with every candidate after it gives each candidate the scores of its own packed row:
+    prompts of different lengths, candidates of different lengths (a symbol, a plain word, a single token)."""
+    model, tok, book = tiny
+    pb = PromptBuilder(tok)
+    prompts = [book.substitute("Is it positive?"), book.substitute("Is the speaker positive, negative or neutral?")]
+    wav, wl = _wavs([SR * 2, SR * 5])
+    batch = dict(wav=wav, wav_lengths=wl, **pb(prompts).as_dict())
+    assert batch["text_mask"][0].sum() < batch["text_mask"][1].sum()  # the first row is padded
+    cands = [pb.target_ids(book.encode_target("positive")), pb.target_ids("hello world again"), [tok.eos_token_id]]
+    assert len({len(c) for c in cands}) == 3
+    tree = model.score_candidates(batch, cands, mode, 0.1)
+    packed = model._score_packed(batch, cands, mode, 0.1, model.encode_speech(wav, wl))
+    assert tree.shape == packed.shape == (2, 3)
+    torch.testing.assert_close(tree, packed, atol=1e-4, rtol=1e-4)
+
+
+def test_continuations_after_a_kept_prompt_match_teacher_forcing(tiny):
+    """`encode_prompt` once, then `continue_prompt` for several answers: the logits of a teacher-forced pass over
+    prompt + answer, on rows whose prompts differ in length (so one row's keys hold pads)."""
+    model, tok, book = tiny
+    pb = PromptBuilder(tok)
+    prompts = [book.substitute("Is it positive?"), book.substitute("Is the speaker positive, negative or neutral?")]
+    wav, wl = _wavs([SR * 2, SR * 5])
+    batch = dict(wav=wav, wav_lengths=wl, **pb(prompts).as_dict())
+    speech = model.encode_speech(wav, wl)
+    state = model.encode_prompt(batch, speech)
+    for answer in ([], pb.target_ids("hello")[:-1], pb.target_ids("hello world again")[:-1]):
+        got = model.continue_prompt(state, answer)  # (B, La + 1, V)
+        full = dict(wav=wav, wav_lengths=wl, **pb(prompts, [tok.decode(answer)] * 2).as_dict())
+        full["labels"] = torch.where(full["labels"] == -100, -100, 0)  # score every answer position
+        for i in range(2):
+            n = int(batch["text_mask"][i].sum())
+            one = {k: v[i : i + 1] for k, v in full.items()}
+            ids = one["text_ids"][0, n : n + len(answer)].tolist()
+            assert ids == answer
+            with torch.no_grad():
+                out = model(one, "raw", speech=speech[i : i + 1])
+            want = out.logits[0, n : n + len(answer) + 1]  # logits[t] predicts text_ids[t]: answer, then EOS
+            torch.testing.assert_close(got[i], want, atol=1e-4, rtol=1e-4)
+
+
+def test_kept_frames_give_the_kept_windows_exactly():
+    """With speech_windows="audio" the Q-Former may run on the kept windows' frames only (the speech cache's
+    path): the speech tokens and the loss are those of the full 30 s pass."""
+    torch.manual_seed(0)
+    model, tok = build_speech_llm(SpeechLLMConfig.from_name("tiny", speech_windows="audio"))
+    model.eval()
+    book = SymbolBook.create(["positive", "negative", "neutral"], SymbolTokenizer(tok), seed=0)
+    batch = _batch(tok, book, lengths=(SR * 2, SR * 3))
+    batch["max_wav_len"] = int(batch["wav_lengths"].max())
+    with torch.no_grad():
+        audio = model.encode_audio(batch["wav"], batch["wav_lengths"])  # (B, 1500, C)
+        full = model.speech_from_audio(audio)
+        n = model.kept_frames(batch, audio.shape[1])
+        kept = model.kept_windows(batch, full.shape[1])
+        assert n < audio.shape[1] and kept < full.shape[1]
+        cut = model.speech_from_audio(audio[:, :n])
+        assert cut.shape[1] == kept
+        torch.testing.assert_close(cut, full[:, :kept])
+        torch.testing.assert_close(model(batch, "raw", speech=cut).loss, model(batch, "raw").loss)
+    model.speech_windows = "all"
+    assert model.kept_frames(batch, audio.shape[1]) == audio.shape[1]
+
+
 def _official_keys(model):
     """The official SALMONN key names, written out from the reference layout (not from our own map)."""
     qf = model.speech_qformer.qformer.config

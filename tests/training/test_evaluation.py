@@ -19,6 +19,7 @@ from salmonn_symbols.data.prompt import PromptBuilder
 from salmonn_symbols.data.tasks import TaskConfig, load_task_config
 from salmonn_symbols.data.transforms import PromptTransform
 from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
+from salmonn_symbols.model.candidates import pack_candidates
 from salmonn_symbols.symbols import SymbolBook, SymbolTokenizer, build_candidate_masks
 from salmonn_symbols.training.evaluation import find_labels, gather_accumulator, predict_batch
 from salmonn_symbols.training.rescoring import TaskLossScorer
@@ -197,6 +198,31 @@ def test_the_contrastive_loss_is_how_much_more_the_model_says_the_word_for_the_l
     want = torch.stack([q(o) - q(x) for x, o in zip(own, others, strict=True)])
     torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-6)
     assert (got[0].abs() <= 1).all() and torch.isinf(got[1]).all()
+
+
+def test_likelihood_probes_of_other_words_run_the_prompts_once(setup):
+    """A probe of a word that is not the current symbol reuses one pass over the search half's prompts and runs
+    only the word's tokens: the proposals of a full teacher-forced pass over prompt + word + EOS."""
+    model, tok, sym, cfg, book, prompts, transform, val = setup
+    label = cfg.labels[0]
+    ids = tuple(sym.word_ids(SymbolBook.create(["x"], sym, seed=11).symbols[0]))
+    assert len(ids) == 2 and ids != tuple(sym.word_ids(book.symbol_for(label)))
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4)
+    allowed = torch.ones(model.llm.get_input_embeddings().weight.shape[0], dtype=torch.bool)
+    pairs = _half(val, "search")
+    batch = SpeechCollator(prompts, transform)([it for it, _ in pairs])
+    prompt = {"prefix_ids": batch["prefix_ids"], "text_ids": batch["prompt_text_ids"]}
+    prompt |= {"text_mask": batch["prompt_text_mask"], "max_wav_len": batch["max_wav_len"]}
+    packed = pack_candidates(prompt, [list(ids) + [prompts.eos_id]])
+    with torch.no_grad():
+        speech = model.encode_speech(batch["wav"], batch["wav_lengths"])
+        prob = model(packed, symbol_mode="raw", speech=speech).logits.float().softmax(-1)  # (n, W, V)
+    own = torch.tensor([g == label for _, g in pairs])
+    first = (prob[own, 0].mean(0) - prob[~own, 0].mean(0)).topk(5).indices.tolist()
+    second = prob[own, 1].mean(0).topk(5).indices.tolist()
+    assert [t for t, _ in scorer.proposals(label, "likelihood", 0, ids, allowed, 5)] == first
+    assert [t for t, _ in scorer.proposals(label, "likelihood", 1, ids, allowed, 5)] == second
+    assert len(scorer._prompt_states) == 1  # the prompts' pass, kept
 
 
 def test_scorer_proposals_are_the_contrastive_likelihood_and_the_first_order_loss_change(setup):
