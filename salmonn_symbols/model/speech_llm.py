@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .candidates import PromptKV, candidate_tree, continuation_layout, pack_candidates
+from .decoding import decode, has_blocks, left_align, target_window
 from .qformer import WindowQFormer
 from .symbol_injector import SymbolInjector
 from .whisper import log_mel
@@ -149,7 +150,7 @@ class SpeechLLM(nn.Module):
     def keeps_prompts(self) -> bool:
         """Whether the LLM's decoder has the LLaMA block layout (rotary_emb, layers, norm) that the one-prompt
         passes need (`score_candidates`' tree, `encode_prompt`)."""
-        return _has_blocks(self.llm.get_base_model().get_decoder())
+        return has_blocks(self.llm.get_base_model().get_decoder())
 
     # -------------------------------------------------------------------------------------------- speech
     def encode_speech(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
@@ -261,11 +262,11 @@ class SpeechLLM(nn.Module):
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
         embeds, _ = self.embed_inputs(batch, speech, symbol_mode, temperature, symbol_table)
         base = self.llm.get_base_model()
-        hidden = _decode(base.get_decoder(), embeds)  # (B, T, H)
+        hidden = decode(base.get_decoder(), embeds)  # (B, T, H)
         # Only the text part can hold targets: the lm_head runs on L positions, not P + 88 + L, and on the target
         # window only when the batch says how long it is (the prompt's positions need no logits).
         L = batch["text_ids"].shape[1]
-        hidden, labels = _target_window(hidden[:, -L - 1 : -1], batch)  # (B, W, H), (B, W)
+        hidden, labels = target_window(hidden[:, -L - 1 : -1], batch)  # (B, W, H), (B, W)
         logits = base.get_output_embeddings()(hidden)  # (B, W, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return SpeechLLMOutput(loss, logits, (labels != -100).sum(), labels)
@@ -303,7 +304,7 @@ class SpeechLLM(nn.Module):
         tree = candidate_tree(batch, candidates)
         embeds, _ = self.embed_inputs(tree.batch, speech, symbol_mode, temperature)  # (B, S + C·Lc, H)
         positions, mask, source = tree.layout(embeds.shape[1])
-        hidden = _decode(base.get_decoder(), embeds, positions, mask)  # (B, T, H)
+        hidden = decode(base.get_decoder(), embeds, positions, mask)  # (B, T, H)
         hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, C·Lc, H)
         logp = base.get_output_embeddings()(hidden).float().log_softmax(-1)  # (B, C·Lc, V)
         ids = tree.candidates.flatten()[None].expand(hidden.shape[0], -1)  # (B, C·Lc)
@@ -311,7 +312,7 @@ class SpeechLLM(nn.Module):
         return tok.view(-1, *tree.candidates.shape).sum(-1)  # (B, C)
 
     def _score_packed(self, batch, candidates, symbol_mode, temperature, speech) -> Tensor:
-        """`score_candidates` on B·C rows of prompt + candidate, for decoders `_decode` cannot mask."""
+        """`score_candidates` on B·C rows of prompt + candidate, for decoders `decode` cannot mask."""
         B, C = batch["text_ids"].shape[0], len(candidates)
         rep = pack_candidates(batch, candidates)  # B·C rows of prompt + candidate
         out = self.forward(rep, symbol_mode, temperature, speech.repeat_interleave(C, dim=0))
@@ -331,7 +332,7 @@ class SpeechLLM(nn.Module):
         prompt = dict(batch, labels=torch.full_like(batch["text_ids"], -100))
         embeds, _ = self.embed_inputs(prompt, speech, symbol_mode, 0.1)  # (B, S, H)
         kv = PromptKV()
-        hidden = _decode(base.get_decoder(), embeds, kv=kv)  # (B, S, H)
+        hidden = decode(base.get_decoder(), embeds, kv=kv)  # (B, S, H)
         kv.frozen = True
         lengths = embeds.shape[1] - batch["text_ids"].shape[1] + batch["text_mask"].sum(1)  # (B,)
         last = hidden.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1]))  # (B, 1, H)
@@ -348,7 +349,7 @@ class SpeechLLM(nn.Module):
             tokens = torch.tensor(ids, device=state.lengths.device)[None].expand(B, -1)  # (B, La)
             embeds = self.llm.get_input_embeddings()(tokens).to(state.last.dtype)  # (B, La, H)
             positions, mask = continuation_layout(state.lengths, state.seq_len, len(ids))
-            hidden.append(_decode(base.get_decoder(), embeds, positions, mask, kv=state.kv))
+            hidden.append(decode(base.get_decoder(), embeds, positions, mask, kv=state.kv))
         return base.get_output_embeddings()(torch.cat(hidden, dim=1))  # (B, La + 1, V)
 
     @torch.no_grad()
@@ -371,7 +372,7 @@ class SpeechLLM(nn.Module):
             speech = self.encode_speech(batch["wav"], batch["wav_lengths"])
         prompt = dict(batch, labels=torch.full_like(batch["text_ids"], -100))
         embeds, mask = self.embed_inputs(prompt, speech, symbol_mode, temperature)
-        embeds, mask = _left_align(embeds, mask)  # generation appends on the right: no pads may sit there
+        embeds, mask = left_align(embeds, mask)  # generation appends on the right: no pads may sit there
         cfg = self.llm.get_base_model().generation_config
         eos, pad = cfg.eos_token_id, cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
         hook = None
@@ -408,74 +409,8 @@ class SpeechLLM(nn.Module):
         return hook
 
 
-def _has_blocks(decoder: nn.Module) -> bool:
-    """Whether ``decoder`` has the LLaMA rotary/layers/norm layout `_decode` calls directly."""
-    return all(hasattr(decoder, a) for a in ("rotary_emb", "layers", "norm"))
-
-
-def _decode(
-    decoder: nn.Module,
-    embeds: Tensor,
-    positions: Tensor | None = None,
-    mask: Tensor | None = None,
-    kv: PromptKV | None = None,
-) -> Tensor:
-    """Runs a LLaMA-style decoder over right-padded rows with no KV cache.
-
-    Every row is right-padded, so under causal attention no real token ever sees a pad and no mask is needed:
-    SDPA stays on its ``is_causal`` path. The decoder's own ``forward`` would build a mask or, without one, scan
-    the position ids for packed sequences, and both read device values on the host; calling the blocks directly
-    keeps the step free of host syncs. Decoders without the rotary/layers/norm layout run their own forward.
-
-    Args:
-        decoder: The LLM's decoder.
-        embeds: Input embeddings, shape (B, T, H).
-        positions: Rotary positions (B, T); default 0 … T-1.
-        mask: Boolean attention mask (B, 1, T, T), True where a query may attend a key (the candidate tree of
-            `score_candidates`); default causal.
-        kv: Keys and values to store (a prompt's pass) or to attend to (a continuation's, with ``mask`` over
-            the stored keys and its own).
-    """
-    if not _has_blocks(decoder):
-        return decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    if positions is None:
-        positions = torch.arange(embeds.shape[1], device=embeds.device)[None]  # (1, T)
-    rotary = decoder.rotary_emb(embeds, position_ids=positions)  # (cos, sin), each (B or 1, T, head_dim)
-    hidden = embeds
-    for layer in decoder.layers:
-        hidden = layer(
-            hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions, past_key_values=kv
-        )
-    return decoder.norm(hidden)  # (B, T, H)
-
-
-def _target_window(text_hidden: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
-    """The hidden states and labels of each row's target tokens, (B, W, H) and (B, W), W = ``target_len``.
-
-    Targets follow each row's prompt (``prompt_lengths``), so a gather with per-row offsets finds them without
-    a host sync. Without ``target_len`` every text position is kept.
-    """
-    W, labels = batch.get("target_len"), batch["labels"]
-    if not W or "prompt_lengths" not in batch:
-        return text_hidden, labels
-    L = labels.shape[1]
-    pos = batch["prompt_lengths"][:, None] + torch.arange(W, device=labels.device)[None]  # (B, W)
-    inside = pos < L
-    pos = pos.clamp_max(L - 1)
-    hidden = text_hidden.gather(1, pos[..., None].expand(-1, -1, text_hidden.shape[-1]))  # (B, W, H)
-    return hidden, torch.where(inside, labels.gather(1, pos), -100)
-
-
 def _fit_length(x: Tensor, length: int) -> Tensor:
     """Right-pads with zeros or truncates (B, N, D) to (B, length, D)."""
     if x.shape[1] >= length:
         return x[:, :length]
     return F.pad(x, (0, 0, 0, length - x.shape[1]))
-
-
-def _left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Moves each row's right padding to the left, without a host sync."""
-    T = mask.shape[1]
-    shift = T - mask.sum(1, keepdim=True)  # (B, 1) pads per row
-    idx = (torch.arange(T, device=mask.device)[None] - shift) % T  # (B, T)
-    return embeds.gather(1, idx[..., None].expand_as(embeds)), mask.gather(1, idx)

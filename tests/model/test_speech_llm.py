@@ -496,8 +496,8 @@ def test_named_sizes():
 
 def test_decoder_blocks_called_directly_match_the_decoder_forward():
     """`_decode` skips transformers' mask building (a host sync) but must compute what the decoder computes."""
+    from salmonn_symbols.model.decoding import decode as _decode
     from salmonn_symbols.model.llm import build_llm, llama_config
-    from salmonn_symbols.model.speech_llm import _decode
 
     torch.manual_seed(0)
     decoder = build_llm(llama_config("tiny")).model.eval()
