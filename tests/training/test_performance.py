@@ -34,6 +34,28 @@ def test_compiled_blocks_match_eager(tiny):
         compile_blocks(model, ("llm", "qformer"))
 
 
+@pytest.mark.slow
+def test_compiled_blocks_score_trees_and_kept_prompts_as_eager(tiny):
+    """The masked passes of validation (candidate tree) and of discovery's probes (kept keys and values) run
+    through compiled blocks as they do eagerly."""
+    model, batch = tiny
+    prompt = {k: batch[k] for k in ("prefix_ids", "text_ids", "text_mask")}
+    prompt |= {"labels": torch.full_like(batch["text_ids"], -100)}
+    speech = model.encode_speech(batch["wav"], batch["wav_lengths"])
+    cands = [[5, 6, 2], [7, 2]]
+
+    def run():
+        with torch.no_grad():
+            scores = model.score_candidates(prompt, cands, "soft", 0.1, speech=speech)
+            state = model.encode_prompt(prompt, speech)
+            return scores, model.continue_prompt(state, [5, 6]), model.continue_prompt(state, [7])
+
+    eager = run()
+    compile_blocks(model, ("llm",))
+    for got, want in zip(run(), eager, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_step_does_no_per_token_work(tiny):
     """A step at twice the text length issues the same operators (layout copies aside): nothing loops over
     tokens in Python, in symbol injection, soft quantization, prompt assembly or the loss."""
