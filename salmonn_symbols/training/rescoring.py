@@ -297,7 +297,7 @@ class TaskLossScorer:
         """One pass over the search half with ``ids`` (then EOS) teacher-forced as the answer after each prompt:
         per position, every token's mean probability on the label's clips minus that on the other labels'
         clips, and with ``gradient`` (the current symbol) every token's first-order loss change on the label's
-        clips."""
+        clips. Without the gradient only ``ids`` run, after the search half's prompts kept from one pass."""
         key = (label, ids)
         if key in self._probes:
             return self._probes[key]
