@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -43,11 +45,15 @@ def decode(
     if positions is None:
         positions = torch.arange(embeds.shape[1], device=embeds.device)[None]  # (1, T)
     rotary = decoder.rotary_emb(embeds, position_ids=positions)  # (cos, sin), each (B or 1, T, head_dim)
+    # Compiled blocks (model.compile) would specialise on the kept keys' layer index, one graph per layer: the
+    # few passes with kept keys (discovery's probes) run eagerly instead.
+    stance = torch.compiler.set_stance("force_eager") if kv is not None else contextlib.nullcontext()
     hidden = embeds
-    for layer in decoder.layers:
-        hidden = layer(
-            hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions, past_key_values=kv
-        )
+    with stance:
+        for layer in decoder.layers:
+            hidden = layer(
+                hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions, past_key_values=kv
+            )
     return decoder.norm(hidden)  # (B, T, H)
 
 

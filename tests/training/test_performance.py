@@ -44,16 +44,25 @@ def test_compiled_blocks_score_trees_and_kept_prompts_as_eager(tiny):
     speech = model.encode_speech(batch["wav"], batch["wav_lengths"])
     cands = [[5, 6, 2], [7, 2]]
 
-    def run():
+    def scores():
         with torch.no_grad():
-            scores = model.score_candidates(prompt, cands, "soft", 0.1, speech=speech)
-            state = model.encode_prompt(prompt, speech)
-            return scores, model.continue_prompt(state, [5, 6]), model.continue_prompt(state, [7])
+            return model.score_candidates(prompt, cands, "soft", 0.1, speech=speech)
 
-    eager = run()
+    def kept():
+        with torch.no_grad():
+            state = model.encode_prompt(prompt, speech)
+            return model.continue_prompt(state, [5, 6]), model.continue_prompt(state, [7])
+
+    eager = [scores(), *kept()]
     compile_blocks(model, ("llm",))
-    for got, want in zip(run(), eager, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got = [scores()]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the tree runs compiled
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got += kept()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # kept keys run eagerly
+    for g, want in zip(got, eager, strict=True):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
 
 
 def test_step_does_no_per_token_work(tiny):
