@@ -281,14 +281,14 @@ class TaskLossScorer:
         vals, top = score.topk(k)
         return [(int(i), float(v)) for i, v in zip(top, vals, strict=True) if v != -math.inf]
 
+    def _on_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def _prompt_state(self, pool: _Pool) -> PromptState:
         """The search half's prompts (current symbols) after one pass, kept for every likelihood probe."""
         if id(pool) not in self._prompt_states:
             rows = pool.rows("search")
-            prompt = {
-                k: v.to(self.device) if torch.is_tensor(v) else v
-                for k, v in self._prompts(pool, rows, self.book).items()
-            }
+            prompt = self._on_device(self._prompts(pool, rows, self.book))
             with _eval(self.model):
                 self._prompt_states[id(pool)] = self.model.encode_prompt(prompt, self._speech(pool)[torch.tensor(rows)])
         return self._prompt_states[id(pool)]
@@ -317,7 +317,7 @@ class TaskLossScorer:
                 others.append(prob[~own])
                 continue
             packed = pack_candidates(self._prompts(pool, rows, self.book), [list(ids) + [self.prompts.eos_id]])
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in packed.items()}
+            batch = self._on_device(packed)
             table = weight.detach()[self.model.symbols.token_ids].float().requires_grad_(gradient)  # (U, D)
             speech = self._speech(pool)[torch.tensor(rows)]
             with _eval(self.model), torch.set_grad_enabled(gradient):
