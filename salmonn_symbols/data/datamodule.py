@@ -8,6 +8,7 @@ The model's tokenizer and the first symbol book are bound with `bind` (the Light
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class SymbolDataModule(L.LightningDataModule):
         test_split: Split name used for testing.
         pin_memory: Pin host memory for faster copies to the GPU.
         persistent_workers: Keep the DataLoader workers alive between epochs (until the symbols change).
+        few_shot: Text examples per prompt for every task, in place of each task YAML's ``few_shot`` (an
+            ablation without editing the YAMLs; None keeps the YAMLs').
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class SymbolDataModule(L.LightningDataModule):
         test_split: str = "test",
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        few_shot: int | None = None,
     ):
         super().__init__()
         if not tasks:
@@ -90,6 +94,10 @@ class SymbolDataModule(L.LightningDataModule):
         self._loaders: dict[str, DataLoader] = {}
         self.split_names = {"train": train_split, "validation": val_split, "test": test_split}
         self.tasks: list[TaskConfig] = [load_task_config(p) for p in self.task_paths]
+        if few_shot is not None:
+            if isinstance(few_shot, bool) or not isinstance(few_shot, int) or few_shot < 0:
+                raise DataConfigError(f"data.few_shot must be an integer >= 0 or null, got {few_shot!r}")
+            self.tasks = [dataclasses.replace(t, few_shot=few_shot) for t in self.tasks]
         names = [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -61,19 +61,10 @@ _SPEAKERS = {
     "delta": ("en+f4", 80, 190),
 }
 _PITCH_JITTER = 6  # of espeak-ng's 0-99 pitch scale, on a repeated sentence (the closest profiles are 20 apart)
+# The speaker task's sentences: 200 distinct ones (120 for training, 40 each held out), so that a speaker model
+# cannot lean on a few memorised sentences (with 30, validation rose and fell again; docs/benchmarks.md).
+_SPEAKER_SENTENCES, _SPEAKER_SEED = 200, 7
 # fmt: off
-_EN_SENTENCES = (
-    "The weather is nice today.", "I would like a cup of coffee.", "The train leaves at seven o'clock.",
-    "My sister lives in a small town.", "We are reading a book about history.", "The children play in the garden.",
-    "Please close the window before you leave.", "The shop opens tomorrow morning.", "He drinks water after running.",
-    "Our friends arrive on Sunday.", "The library is on the second floor.", "She painted the fence last summer.",
-    "There are three apples on the table.", "The meeting starts in ten minutes.", "A cold wind blew across the lake.",
-    "He forgot his umbrella at the station.", "The bread in this bakery is fresh.", "They walked along the river.",
-    "The museum is closed on Mondays.", "I left my keys in the kitchen.", "The bus was late again this morning.",
-    "We planted tomatoes in the spring.", "The old bridge needs a new coat of paint.", "My phone battery is low.",
-    "The cat is sleeping on the sofa.", "Dinner will be ready at eight.", "The road to the village is narrow.",
-    "She speaks quietly during the lecture.", "The package arrived yesterday afternoon.", "We can meet near the park.",
-)
 # The same ten sentences in every language, so the topic of a sentence says nothing about its language.
 _LANG_VOICES = {"english": "en-us", "german": "de", "french": "fr-fr", "spanish": "es", "italian": "it"}
 _PARALLEL = (
@@ -136,7 +127,9 @@ def _plan_speaker(rng: random.Random, split: str, k: int, labels: Sequence[str])
     # different pitch and speed, as a person would, so it is a new clip and not a byte-identical copy. The first
     # pass over the sentences keeps the profile exactly (so small sets are unchanged); the jitter stays well
     # inside the gaps between the profiles.
-    pool = _held_out(_EN_SENTENCES, split)
+    from .sentences import sentences  # it renders with this module's espeak-ng helpers
+
+    pool = _held_out(sentences(_SPEAKER_SENTENCES, seed=_SPEAKER_SEED), split)
     out: dict[str, list[_Clip]] = {}
     for lab in labels:
         voice, pitch, speed = _SPEAKERS[lab]

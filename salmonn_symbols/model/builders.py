@@ -64,6 +64,8 @@ class SpeechLLMConfig:
         train_speech_path: Train the Q-Former, query, projection and LayerNorms too.
         speech_windows: "all" speech windows of the 30 s input reach the LLM (SALMONN), or only those with
             "audio" (faster for short clips).
+        utterance_token: One more speech token before the windows: the clip's mean frame, projected
+            (`UtteranceToken`; not in SALMONN, so official checkpoints neither hold nor need it).
         gradient_checkpointing: Non-reentrant activation checkpointing in the LLM.
     """
 
@@ -95,6 +97,7 @@ class SpeechLLMConfig:
     symbol_scope: str = "both"
     train_speech_path: bool = True
     speech_windows: str = "audio"
+    utterance_token: bool = False
     gradient_checkpointing: bool = False
 
     @classmethod
@@ -122,7 +125,8 @@ _NAMED = {
     "tiny": SpeechLLMConfig(),
     # Whisper tiny.en + SmolLM2-135M-Instruct from installed packages; no BEATs (none is packaged). The Q-Former is
     # sized for tiny.en's 384 channels and loaded from the connector pre-training (ASR) of `prepare-weights`.
-    # Windows of 8 frames (0.16 s) give a short command word two or three speech tokens instead of one.
+    # Windows of 8 frames (0.16 s) give a short command word two or three speech tokens instead of one; the
+    # utterance token gives the LLM the whole clip's voice (speaker identity, docs/benchmarks.md).
     "small": SpeechLLMConfig(
         llm_path=f"{SMALL_DIR}/smollm2-135m-instruct",
         llm_dtype="fp32",
@@ -140,6 +144,7 @@ _NAMED = {
         lora_alpha=16.0,
         lora_dropout=0.05,
         speech_windows="audio",
+        utterance_token=True,
         train_speech_path=True,
     ),
     "salmonn-13b": SpeechLLMConfig(
@@ -275,6 +280,7 @@ def _build(cfg: SpeechLLMConfig, with_tokenizer: bool):
         cfg.symbol_scope,
         cfg.train_speech_path,
         cfg.speech_windows,
+        cfg.utterance_token,
     )
     if cfg.salmonn_ckpt:
         report = load_salmonn_checkpoint(model, cfg.salmonn_ckpt)

@@ -182,7 +182,9 @@ def trainable_state_dict(model: SpeechLLM, include_speech: bool | None = None) -
     if include_speech is None:
         include_speech = any(p.requires_grad for p in model.speech_parameters())
     keep = ("symbols.mlp.",) + (
-        ("speech_qformer.", "speech_llama_proj.", "ln_speech.", "ln_audio.") if include_speech else ()
+        ("speech_qformer.", "speech_llama_proj.", "ln_speech.", "ln_audio.", "speech_utterance.")
+        if include_speech
+        else ()
     )
     return {
         k: v.detach().cpu().contiguous()

@@ -83,3 +83,31 @@ class WindowQFormer(nn.Module):
         query = self.query_tokens.expand(B * L, -1, -1)  # (B·L, Q, hidden)
         out = self.qformer(query_embeds=query, encoder_hidden_states=windows).last_hidden_state  # (B·L, Q, hidden)
         return out.reshape(B, L * self.num_query, -1)
+
+
+class UtteranceToken(nn.Module):
+    """One token for the whole clip: the mean of its own frames, a linear map and a LayerNorm.
+
+    A window Q-Former sees 0.16-0.34 s at a time, while a voice is a property of the whole clip; a linear probe
+    on pooled Whisper features separates speakers that the window tokens, after speech-recognition pre-training,
+    barely tell apart. The token goes before the window tokens (through the same projection to the LLM).
+
+    Args:
+        width: Channels of the fused encoder frames.
+        hidden: Output width (the Q-Former's, so the projection to the LLM is shared).
+    """
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(width, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, fused: Tensor, frames: Tensor | None = None) -> Tensor:
+        """``fused`` (B, T, C) and each row's valid frame count ``frames`` (B,) (None: all T) -> (B, 1, hidden)."""
+        if frames is None:
+            pooled = fused.mean(1)  # (B, C)
+        else:
+            valid = torch.arange(fused.shape[1], device=fused.device)[None] < frames.clamp(1, fused.shape[1])[:, None]
+            w = valid.to(fused.dtype)[..., None]  # (B, T, 1)
+            pooled = (fused * w).sum(1) / w.sum(1)  # (B, C): padding frames never count
+        return self.norm(self.proj(pooled))[:, None]

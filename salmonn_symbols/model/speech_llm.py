@@ -3,6 +3,7 @@
     wav (B, S) ─log_mel─► Whisper ─► ln_speech ─────────────┐ (B, 1500, 1280)
                └────────► BEATs ───► ln_audio ─► zero pads ─┴─concat─► fused (B, 1500, 2048)
     fused ─► WindowQFormer ─► (B, 88, 768) ─► speech_llama_proj ─► speech (B, 88, H)
+         └─► (option) UtteranceToken: mean of the clip's frames ─► one more token first, (B, 1 + 88, H)
 
     embed(prefix_ids) ‖ speech ‖ SymbolInjector(embed(text_ids)) ─► LLaMA + LoRA ─► logits of the text part
     [BOS] USER: <Speech>   88     </Speech> {prompt}\\nASSISTANT: {target}</s>
@@ -20,11 +21,11 @@ from torch import Tensor, nn
 
 from .candidates import PromptKV, candidate_tree, continuation_layout, pack_candidates
 from .decoding import decode, has_blocks, left_align, target_window
-from .qformer import WindowQFormer
+from .qformer import UtteranceToken, WindowQFormer
 from .symbol_injector import SymbolInjector
 from .whisper import log_mel
 
-__all__ = ["SYMBOL_SCOPES", "PromptState", "SpeechLLM", "SpeechLLMOutput", "pack_candidates"]
+__all__ = ["SYMBOL_SCOPES", "PromptState", "SpeechLLM", "SpeechLLMOutput", "audio_frames", "pack_candidates"]
 
 SYMBOL_SCOPES = ("prompt", "target", "both")
 
@@ -82,6 +83,7 @@ class SpeechLLM(nn.Module):
         speech_windows: "all": every Q-Former window of the 30 s input reaches the LLM (SALMONN); "audio": only
             the windows up to the end of the longest clip of the batch (``max_wav_len``), which makes short clips
             several times cheaper for the LLM.
+        utterance_token: Put one `UtteranceToken` (the clip's mean frame, projected) before the window tokens.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class SpeechLLM(nn.Module):
         symbol_scope: str = "both",
         train_speech_path: bool = False,
         speech_windows: str = "all",
+        utterance_token: bool = False,
     ):
         super().__init__()
         if symbol_scope not in SYMBOL_SCOPES:
@@ -110,6 +113,8 @@ class SpeechLLM(nn.Module):
         self.ln_audio = nn.LayerNorm(beats.cfg.encoder_embed_dim) if beats is not None else None
         self.speech_qformer = qformer
         self.speech_llama_proj = nn.Linear(qformer.qformer.config.hidden_size, hidden)
+        width = qformer.qformer.config.encoder_hidden_size
+        self.speech_utterance = UtteranceToken(width, qformer.qformer.config.hidden_size) if utterance_token else None
         self.llm = llm
         self.symbols = SymbolInjector(hidden, symbol_hidden, symbol_scale, symbol_dropout)
         self.symbol_scope = symbol_scope
@@ -127,10 +132,13 @@ class SpeechLLM(nn.Module):
         return list(self.symbols.mlp.parameters())
 
     def speech_parameters(self) -> list[nn.Parameter]:
-        """Q-Former, query tokens, projection and the two LayerNorms (frozen unless configured)."""
-        mods = [self.ln_speech, self.speech_qformer, self.speech_llama_proj]
-        mods += [self.ln_audio] if self.ln_audio is not None else []
-        return [p for m in mods for p in m.parameters()]
+        """Q-Former, query tokens, projection, the two LayerNorms and the utterance token (frozen unless
+        configured)."""
+        return [p for m in self._speech_modules() for p in m.parameters()]
+
+    def _speech_modules(self) -> list[nn.Module]:
+        mods = [self.ln_speech, self.speech_qformer, self.speech_llama_proj, self.ln_audio, self.speech_utterance]
+        return [m for m in mods if m is not None]
 
     def train(self, mode: bool = True) -> SpeechLLM:
         """Sets training mode, keeping frozen parts in eval mode (no dropout), so a frozen speech path is a
@@ -141,9 +149,8 @@ class SpeechLLM(nn.Module):
             self.beats.eval()
         if not any(p.requires_grad for p in self.speech_parameters()):
             # a frozen Q-Former with live dropout would only add noise, and would make cached speech differ
-            for m in (self.speech_qformer, self.speech_llama_proj, self.ln_speech, self.ln_audio):
-                if m is not None:
-                    m.eval()
+            for m in self._speech_modules():
+                m.eval()
         return self
 
     @property
@@ -163,7 +170,7 @@ class SpeechLLM(nn.Module):
         Returns:
             Projected speech embeddings, shape (B, 88, H) for 30 s windows.
         """
-        return self.speech_from_audio(self.encode_audio(wav, wav_lengths))
+        return self.speech_from_audio(self.encode_audio(wav, wav_lengths), audio_frames(wav_lengths))
 
     @torch.no_grad()
     def encode_audio(self, wav: Tensor, wav_lengths: Tensor) -> Tensor:
@@ -186,9 +193,10 @@ class SpeechLLM(nn.Module):
         pad[:, audio_pad.shape[1] :] = 1
         return torch.cat([whisper, _fit_length(audio, T).to(whisper.dtype), pad.to(whisper.dtype)], dim=-1)
 
-    def speech_from_audio(self, audio: Tensor) -> Tensor:
+    def speech_from_audio(self, audio: Tensor, frames: Tensor | None = None) -> Tensor:
         """Speech tokens from `encode_audio` rows: LayerNorms, the window Q-Former and the projection (the parts
-        that can train), (B, 1500, C) -> (B, 88, H)."""
+        that can train), (B, 1500, C) -> (B, 88, H); ``frames`` (B,): each row's frames holding its clip (what
+        the utterance token averages; None: all)."""
         dw = self.whisper.config.d_model
         speech = self.ln_speech(audio[..., :dw])
         if self.beats is not None:
@@ -196,7 +204,10 @@ class SpeechLLM(nn.Module):
             # zeroing after ln_audio makes a clip's features independent of what it is batched with
             beats = self.ln_audio(beats).masked_fill(pad, 0.0)
             speech = torch.cat([speech, beats.to(speech.dtype)], dim=-1)  # (B, 1500, 2048)
-        return self.speech_llama_proj(self.speech_qformer(speech))  # (B, 88, H)
+        tokens = self.speech_qformer(speech)  # (B, 88, hidden)
+        if self.speech_utterance is not None:
+            tokens = torch.cat([self.speech_utterance(speech, frames).to(tokens.dtype), tokens], dim=1)
+        return self.speech_llama_proj(tokens)  # (B, 88, H), or (B, 1 + 88, H)
 
     # ------------------------------------------------------------------------------------------------ text
     def embed_inputs(
@@ -213,7 +224,8 @@ class SpeechLLM(nn.Module):
             ``(embeds (B, P+88+L, H), attention_mask (B, P+88+L))``.
         """
         embed = self.llm.get_input_embeddings()
-        speech = speech[:, : self.kept_windows(batch, speech.shape[1])]  # (B, W, H)
+        u = int(self.speech_utterance is not None)  # the utterance token comes first and is always kept
+        speech = speech[:, : u + self.kept_windows(batch, speech.shape[1] - u)]  # (B, W, H)
         prefix = embed(batch["prefix_ids"])  # (B, P, H)
         text_ids = batch["text_ids"]
         text = embed(text_ids)  # (B, L, H)
@@ -407,6 +419,11 @@ class SpeechLLM(nn.Module):
             return torch.where((rows >= 0)[..., None], table.to(out.dtype)[rows.clamp_min(0)], out)
 
         return hook
+
+
+def audio_frames(wav_lengths: Tensor) -> Tensor:
+    """Whisper output frames holding each clip's audio (160-sample hop, then stride 2), (B,)."""
+    return torch.div(wav_lengths + 319, 320, rounding_mode="floor")
 
 
 def _fit_length(x: Tensor, length: int) -> Tensor:

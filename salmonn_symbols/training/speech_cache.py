@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..data.audio import audio_key
 from ..io import atomic_write_bytes
-from ..model.speech_llm import SpeechLLM
+from ..model.speech_llm import SpeechLLM, audio_frames
 
 __all__ = ["RunSpeechCache", "SpeechCache", "audio_key", "speech_fingerprint"]
 
@@ -46,6 +46,7 @@ def speech_fingerprint(model: SpeechLLM, dtype: str, level: str = "speech") -> s
             ("ln_audio", model.ln_audio),
             ("qformer", model.speech_qformer),
             ("proj", model.speech_llama_proj),
+            ("utterance", model.speech_utterance),
         ]
     for name, module in parts:
         if module is None:
@@ -211,7 +212,8 @@ class RunSpeechCache:
         if self.cache.level == "speech":
             return rows
         # the trainable part runs on the frames of the windows that reach the LLM only
-        return model.speech_from_audio(rows[:, : model.kept_frames(batch, rows.shape[1])])
+        frames = audio_frames(batch["wav_lengths"]).to(rows.device)
+        return model.speech_from_audio(rows[:, : model.kept_frames(batch, rows.shape[1])], frames)
 
     def flush(self, rate: bool = True) -> float | None:
         """Writes new rows to disk; returns the hit rate since the last call (None before the cache exists)."""

@@ -321,6 +321,20 @@ def test_few_shot_comes_from_train_only(tmp_path, book):
         assert texts and all(t[len("Text: ") :] in {r["text"] for r in rows["train"]} for t in texts)
 
 
+def test_data_few_shot_overrides_every_task(tmp_path, book):
+    rows = {"train": _rows(tmp_path, 6, "t"), "validation": _rows(tmp_path, 3, "v")}
+    path = str(_task(tmp_path, rows, few_shot=3))
+    from salmonn_symbols.model.tokenizer import build_tiny_llama_tokenizer
+
+    for n in (0, 1):
+        dm = SymbolDataModule([path], num_workers=0, few_shot=n)
+        dm.bind(build_tiny_llama_tokenizer(), book)
+        instr = dm.transform.instruction(dm.load_split("validation")[0][0])
+        assert sum(ln.startswith("Text: ") for ln in instr.splitlines()) == n
+    with pytest.raises(DataConfigError, match="data.few_shot must be an integer >= 0"):
+        SymbolDataModule([path], num_workers=0, few_shot=-1)
+
+
 def test_collate_builds_model_batches(tmp_path, book, llama_tok):
     cfg = load_task_config(_task(tmp_path, {"train": _rows(tmp_path)}))
     samples = read_split(cfg, "train")[0]

@@ -179,12 +179,13 @@ def test_more_clips_than_sentences_are_still_distinct_clips(task):
 
 def test_speaker_repeats_keep_the_profile_apart():
     # the first pass over the sentences is the exact profile; repeats stay within the jitter of it
-    jobs = _plan("speaker", LABELS["speaker"], Path("unused"), {"train": 60, "validation": 1, "test": 1}, seed=3)
+    jobs = _plan("speaker", LABELS["speaker"], Path("unused"), {"train": 180, "validation": 1, "test": 1}, seed=3)
     for lab, (voice, pitch, speed) in _SPEAKERS.items():
         clips = [j for j in jobs["train"] if j.label == lab]
-        assert all((j.voice, j.pitch, j.speed) == (voice, pitch, speed) for j in clips[:18])
+        assert len({j.text for j in clips}) == 120  # the training part of the 200-sentence pool
+        assert all((j.voice, j.pitch, j.speed) == (voice, pitch, speed) for j in clips[:120])
         assert all(j.voice == voice and abs(j.pitch - pitch) <= 6 and abs(j.speed - speed) <= 8 for j in clips)
-        assert len({(j.pitch, j.speed) for j in clips[18:]}) > 10
+        assert len({(j.pitch, j.speed) for j in clips[120:]}) > 10
 
 
 def test_missing_espeak_says_how_to_install(tmp_path):

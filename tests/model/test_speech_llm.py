@@ -13,6 +13,7 @@ from salmonn_symbols.model.checkpoint import (
     load_trainable,
     map_salmonn_key,
     save_lora_adapter,
+    save_salmonn_checkpoint,
     save_trainable,
     trainable_state_dict,
 )
@@ -279,6 +280,57 @@ def test_kept_frames_give_the_kept_windows_exactly():
         torch.testing.assert_close(model(batch, "raw", speech=cut).loss, model(batch, "raw").loss)
     model.speech_windows = "all"
     assert model.kept_frames(batch, audio.shape[1]) == audio.shape[1]
+
+
+def test_utterance_token_is_each_clips_own_mean_before_the_windows(tmp_path):
+    """The utterance token averages a clip's own frames only (its padding and its batch-mates never count), comes
+    before the kept windows, survives the kept-frames cut, trains, and stays out of the official checkpoint."""
+    from salmonn_symbols.model.speech_llm import audio_frames
+    from salmonn_symbols.training.speech_cache import speech_fingerprint
+
+    torch.manual_seed(0)
+    cfg = SpeechLLMConfig.from_name("tiny", speech_windows="audio", utterance_token=True)
+    model, tok = build_speech_llm(cfg)
+    model.eval()
+    book = SymbolBook.create(["positive", "negative", "neutral"], SymbolTokenizer(tok), seed=0)
+    batch = _batch(tok, book, lengths=(SR * 2, SR * 3))
+    batch["max_wav_len"] = int(batch["wav_lengths"].max())
+    frames = audio_frames(batch["wav_lengths"])
+    assert frames.tolist() == [100, 150]
+    with torch.no_grad():
+        audio = model.encode_audio(batch["wav"], batch["wav_lengths"])  # (B, 1500, C)
+        full = model.speech_from_audio(audio, frames)  # (B, 1 + 88, H)
+        assert full.shape[1] == 1 + 88
+        torch.testing.assert_close(model.encode_speech(batch["wav"], batch["wav_lengths"]), full)
+        n = model.kept_frames(batch, audio.shape[1])
+        kept = model.kept_windows(batch, 88)
+        cut = model.speech_from_audio(audio[:, :n], frames)
+        assert cut.shape[1] == 1 + kept
+        torch.testing.assert_close(cut, full[:, : 1 + kept])
+        torch.testing.assert_close(model(batch, "raw", speech=cut).loss, model(batch, "raw").loss)
+        noisy = audio.clone()
+        noisy[0, 100:] = torch.randn_like(noisy[0, 100:])  # row 0's padding frames
+        other = model.speech_from_audio(noisy, frames)
+        torch.testing.assert_close(other[0, 0], full[0, 0])
+        noisy[0, :50] = torch.randn_like(noisy[0, :50])  # row 0's own frames
+        assert not torch.allclose(model.speech_from_audio(noisy, frames)[0, 0], full[0, 0])
+        assert not torch.allclose(model.speech_from_audio(audio)[0, 0], full[0, 0])  # all 1500 frames
+    model.train()
+    model(batch, "raw").loss.backward()
+    assert model.speech_utterance.proj.weight.grad.abs().sum() > 0
+    assert any(p is model.speech_utterance.proj.weight for p in model.speech_parameters())
+    before = speech_fingerprint(model, "32-true")
+    with torch.no_grad():
+        model.speech_utterance.proj.bias += 1
+    assert speech_fingerprint(model, "32-true") != before
+    path = save_salmonn_checkpoint(model, tmp_path / "s.pth")
+    assert not any("utterance" in k for k in torch.load(path, weights_only=True)["model"])
+    fresh, _ = build_speech_llm(cfg)
+    assert load_salmonn_checkpoint(fresh, path).loaded  # the official layout loads; the token stays as built
+    own = trainable_state_dict(model)  # what the run's checkpoints keep: the trained token too
+    assert {"speech_utterance.proj.weight", "speech_utterance.norm.bias"} <= set(own)
+    load_trainable(fresh, save_trainable(model, tmp_path / "t.safetensors"))
+    torch.testing.assert_close(fresh.speech_utterance.proj.bias, model.speech_utterance.proj.bias)
 
 
 def _official_keys(model):

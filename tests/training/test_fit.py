@@ -464,6 +464,26 @@ def test_inspect_discover_and_evaluate_on_a_finished_run(tmp_path, synth, capsys
     assert (run / "config.yaml").read_text() == config_before  # evaluating never rewrites the run's config
 
 
+def test_checkpoints_keep_every_trained_parameter(tmp_path, synth):
+    """A run's checkpoint holds every parameter that trains (LoRA, symbol MLP, the speech path with its optional
+    utterance token): `evaluate` and resume rebuild the model from the config and load only these."""
+    import torch
+
+    from salmonn_symbols.model.builders import SpeechLLMConfig, build_speech_llm
+
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(_config(tmp_path, synth)), "--run_dir", str(run)]
+    args += ["--model.model.utterance_token", "true", "--model.schedule", "{cycles: 0, final_lora_epochs: 1}"]
+    assert main(args) == 0
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    model, _ = build_speech_llm(SpeechLLMConfig.from_name("tiny", utterance_token=True))
+    ids = {id(p) for p in model.lora_parameters() + model.speech_parameters() + model.symbol_parameters()}
+    names = {f"model.{n}" for n, p in model.named_parameters() if id(p) in ids}
+    assert "model.speech_utterance.proj.weight" in names and names <= set(saved)
+    trained = saved["model.speech_utterance.proj.weight"]
+    assert not torch.equal(trained, model.speech_utterance.proj.weight.detach())
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, synth, capsys):
     run = tmp_path / "run"
     status = main(
