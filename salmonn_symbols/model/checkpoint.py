@@ -181,11 +181,7 @@ def trainable_state_dict(model: SpeechLLM, include_speech: bool | None = None) -
     """LoRA, symbol MLP and (when trained, or asked for) the speech path, detached on CPU."""
     if include_speech is None:
         include_speech = any(p.requires_grad for p in model.speech_parameters())
-    keep = ("symbols.mlp.",) + (
-        ("speech_qformer.", "speech_llama_proj.", "ln_speech.", "ln_audio.", "speech_utterance.")
-        if include_speech
-        else ()
-    )
+    keep = ("symbols.mlp.",) + (tuple(f"{n}." for n in model.speech_modules()) if include_speech else ())
     return {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()

@@ -134,11 +134,12 @@ class SpeechLLM(nn.Module):
     def speech_parameters(self) -> list[nn.Parameter]:
         """Q-Former, query tokens, projection, the two LayerNorms and the utterance token (frozen unless
         configured)."""
-        return [p for m in self._speech_modules() for p in m.parameters()]
+        return [p for m in self.speech_modules().values() for p in m.parameters()]
 
-    def _speech_modules(self) -> list[nn.Module]:
-        mods = [self.ln_speech, self.speech_qformer, self.speech_llama_proj, self.ln_audio, self.speech_utterance]
-        return [m for m in mods if m is not None]
+    def speech_modules(self) -> dict[str, nn.Module]:
+        """The speech path's trainable modules by attribute name (what checkpoints keep of it), in a fixed order."""
+        names = ("ln_speech", "speech_qformer", "speech_llama_proj", "ln_audio", "speech_utterance")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def train(self, mode: bool = True) -> SpeechLLM:
         """Sets training mode, keeping frozen parts in eval mode (no dropout), so a frozen speech path is a
@@ -149,7 +150,7 @@ class SpeechLLM(nn.Module):
             self.beats.eval()
         if not any(p.requires_grad for p in self.speech_parameters()):
             # a frozen Q-Former with live dropout would only add noise, and would make cached speech differ
-            for m in self._speech_modules():
+            for m in self.speech_modules().values():
                 m.eval()
         return self
 
@@ -223,18 +224,24 @@ class SpeechLLM(nn.Module):
         Returns:
             ``(embeds (B, P+88+L, H), attention_mask (B, P+88+L))``.
         """
-        embed = self.llm.get_input_embeddings()
+        head = self._embed_head(batch, speech)  # (B, P+88, H)
+        embeds = torch.cat([head, self._embed_text(batch, symbol_mode, temperature, symbol_table)], dim=1)
+        ones = batch["text_mask"].new_ones(head.shape[:2])
+        return embeds, torch.cat([ones, batch["text_mask"]], dim=1)
+
+    def _embed_head(self, batch: dict[str, Tensor], speech: Tensor) -> Tensor:
+        """[prefix ‖ kept speech], the part of a row before its text, (B, P+W, H)."""
         u = int(self.speech_utterance is not None)  # the utterance token comes first and is always kept
         speech = speech[:, : u + self.kept_windows(batch, speech.shape[1] - u)]  # (B, W, H)
-        prefix = embed(batch["prefix_ids"])  # (B, P, H)
-        text_ids = batch["text_ids"]
-        text = embed(text_ids)  # (B, L, H)
+        prefix = self.llm.get_input_embeddings()(batch["prefix_ids"])  # (B, P, H)
+        return torch.cat([prefix, speech.to(prefix.dtype)], dim=1)
+
+    def _embed_text(self, batch, symbol_mode: str, temperature: float, symbol_table: Tensor | None = None) -> Tensor:
+        """``text_ids`` embedded, symbol positions by ``symbol_mode`` (`SymbolInjector`), (B, L, H)."""
+        embed, text_ids = self.llm.get_input_embeddings(), batch["text_ids"]
         is_target = batch["labels"] != -100
         where = {"prompt": ~is_target, "target": is_target, "both": None}[self.symbol_scope]
-        text = self.symbols(text_ids, text, embed.weight, symbol_mode, temperature, where, symbol_table)
-        embeds = torch.cat([prefix, speech.to(prefix.dtype), text], dim=1)
-        ones = batch["text_mask"].new_ones(prefix.shape[0], prefix.shape[1] + speech.shape[1])
-        return embeds, torch.cat([ones, batch["text_mask"]], dim=1)
+        return self.symbols(text_ids, embed(text_ids), embed.weight, symbol_mode, temperature, where, symbol_table)
 
     def kept_windows(self, batch: dict, windows: int) -> int:
         """How many of the ``windows`` speech tokens reach the LLM (all, or with ``speech_windows="audio"`` those
@@ -349,6 +356,33 @@ class SpeechLLM(nn.Module):
         lengths = embeds.shape[1] - batch["text_ids"].shape[1] + batch["text_mask"].sum(1)  # (B,)
         last = hidden.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1]))  # (B, 1, H)
         return PromptState(kv, lengths, embeds.shape[1], last)
+
+    @torch.no_grad()
+    def encode_head(self, batch: dict[str, Tensor], speech: Tensor) -> PromptState:
+        """One pass over the rows' [prefix ‖ kept speech] (``prefix_ids``, ``max_wav_len``), keeping what
+        `score_text` needs to score any text after it without computing this part again."""
+        head = self._embed_head(batch, speech)  # (B, S, H)
+        kv = PromptKV()
+        hidden = decode(self.llm.get_base_model().get_decoder(), head, kv=kv)  # (B, S, H)
+        kv.frozen = True
+        lengths = torch.full((head.shape[0],), head.shape[1], device=head.device)
+        return PromptState(kv, lengths, head.shape[1], hidden[:, -1:])
+
+    @torch.no_grad()
+    def score_text(self, state: PromptState, batch: dict[str, Tensor], symbol_mode: str = "raw") -> Tensor:
+        """Summed log-probability of each row's targets (``labels`` != -100) in ``text_ids`` after `encode_head`'s
+        rows: what `forward` gives on the whole rows, (B,)."""
+        base = self.llm.get_base_model()
+        text = self._embed_text(batch, symbol_mode, 0.1).to(state.last.dtype)  # (B, L, H)
+        positions, mask = continuation_layout(state.lengths, state.seq_len, text.shape[1])
+        hidden = decode(base.get_decoder(), text, positions, mask, kv=state.kv)  # (B, L, H)
+        hidden = torch.cat([state.last, hidden[:, :-1]], dim=1)  # (B, L, H): what predicts each text token
+        labels = batch["labels"]
+        keep = labels != -100
+        logp = base.get_output_embeddings()(hidden[keep]).float().log_softmax(-1)  # (K, V): the targets only
+        tok = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)  # (B, L)
+        tok[keep] = logp.gather(-1, labels[keep][:, None])[:, 0]
+        return tok.sum(1)
 
     @torch.no_grad()
     def continue_prompt(self, state: PromptState, ids: list[int]) -> Tensor:

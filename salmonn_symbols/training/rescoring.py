@@ -147,7 +147,8 @@ class TaskLossScorer:
             for s in range(0, len(pool.items), self.batch_rows):
                 part = SpeechCollator(self.prompts, self.transform)(pool.items[s : s + self.batch_rows])
                 wav, lengths = part["wav"].to(self.device), part["wav_lengths"].to(self.device)
-                chunks.append(self.model.encode_speech(wav, lengths))
+                with _eval(self.model):  # discovery runs in training mode: no Q-Former dropout in what it scores
+                    chunks.append(self.model.encode_speech(wav, lengths))
             pool.speech = torch.cat(chunks)  # (N, S, H)
         return pool.speech
 
@@ -182,6 +183,27 @@ class TaskLossScorer:
                 n = (res.labels != -100).sum(1).clamp_min(1)
                 out.append((tok.sum(1) if per_row == "logp" else -tok.sum(1) / n).cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def _after_speech(self, packed: list[dict], speech: Tensor, per_row: str) -> Tensor:
+        """`_run`'s per-row score (``per_row``) of every row of C packed batches over the same n clips, (C, n).
+        Only the text differs between the batches (each word changes the options list and the answer), so each
+        clip's [prefix ‖ speech] runs once (`SpeechLLM.encode_head`) and only the C texts run after it."""
+        if not self.model.keeps_prompts:
+            return self._run(packed, speech.repeat(len(packed), 1, 1), per_row).view(len(packed), -1)
+        out = torch.empty(len(packed), speech.shape[0])
+        with _eval(self.model):
+            for s in range(0, speech.shape[0], self.batch_rows):
+                e = min(s + self.batch_rows, speech.shape[0])
+                head = {"prefix_ids": packed[0]["prefix_ids"][s:e].to(self.device)}
+                state = self.model.encode_head(head | {"max_wav_len": packed[0]["max_wav_len"]}, speech[s:e])
+                for c, batch in enumerate(packed):
+                    text = {k: batch[k][s:e].to(self.device) for k in ("text_ids", "text_mask", "labels")}
+                    logp = self.model.score_text(state, text).float()  # (b,) summed over the target tokens
+                    if per_row == "ce":
+                        logp = -logp / (text["labels"] != -100).sum(1).clamp_min(1)
+                    out[c, s:e] = logp.cpu()
+        return out
 
     def _current_scores(self, pool: _Pool, half: str) -> Tensor:
         """log p(symbol + EOS | x) of every label's current symbol for every sample of the half, (N, K)."""
@@ -219,8 +241,7 @@ class TaskLossScorer:
         if not usable:
             return out
         packed = [pack_candidates(self._prompts(pool, rows, t), [self.prompts.target_ids(words[c])]) for c, t in usable]
-        speech = self._speech(pool)[torch.tensor(rows)].repeat(len(usable), 1, 1)
-        new = self._run(packed, speech, "logp").view(len(usable), len(rows))  # (C', n) log p(w | x)
+        new = self._after_speech(packed, self._speech(pool)[torch.tensor(rows)], "logp")  # (C', n) log p(w | x)
         scores = current[None].repeat(len(usable), 1, 1)  # (C', n, K)
         scores[:, :, k] = new
         ce = scores.logsumexp(-1) - scores.gather(2, gold[None, :, None].expand(len(usable), -1, 1))[..., 0]
@@ -237,8 +258,7 @@ class TaskLossScorer:
             return out
         rows = own + others
         packed = [pack_candidates(self._prompts(pool, rows, t), [self.prompts.target_ids(words[c])]) for c, t in usable]
-        speech = self._speech(pool)[torch.tensor(rows)].repeat(len(usable), 1, 1)
-        ce = self._run(packed, speech, "ce").view(len(usable), len(rows))  # (C', n) ce of saying w for each clip
+        ce = self._after_speech(packed, self._speech(pool)[torch.tensor(rows)], "ce")  # (C', n) ce of saying w
         pair = torch.tensor([len(own) + i % len(others) for i in range(len(own))])  # x' of each x
         q = torch.exp(-ce)  # per-token probability of saying w
         out[torch.tensor([c for c, _ in usable])] = q[:, pair] - q[:, : len(own)]

@@ -200,6 +200,50 @@ def test_the_contrastive_loss_is_how_much_more_the_model_says_the_word_for_the_l
     assert (got[0].abs() <= 1).all() and torch.isinf(got[1]).all()
 
 
+def test_word_evaluations_run_each_clips_speech_once(setup, monkeypatch):
+    """The verified search's word evaluations share each clip's [prefix ‖ speech] across the words: one head pass
+    per chunk of clips, and the scores of full teacher-forced passes over every word's rows."""
+    model, tok, sym, cfg, book, prompts, transform, val = setup
+    label = cfg.labels[0]
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4, batch_rows=4)
+    pool = scorer._pools_of(label)[0]
+    rows = pool.rows("search")
+    words = SymbolBook.create(["x", "y", "z"], sym, seed=5).symbols
+    packed = []
+    for w in words:
+        trial = SymbolBook(labels=book.labels, mapping={**book.mapping, label: w})
+        packed.append(pack_candidates(scorer._prompts(pool, rows, trial), [prompts.target_ids(w)]))
+    speech = scorer._speech(pool)[torch.tensor(rows)]
+    heads = []
+    monkeypatch.setattr(model, "encode_head", lambda *a, _f=model.encode_head: heads.append(1) or _f(*a))
+    for per_row in ("logp", "ce"):
+        heads.clear()
+        got = scorer._after_speech(packed, speech, per_row)  # (3, n)
+        assert got.shape == (3, len(rows)) and len(heads) == -(-len(rows) // 4)
+        want = scorer._run(packed, speech.repeat(3, 1, 1), per_row).view(3, -1)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(got[0], got[1])  # the words' texts differ, and so do their scores
+
+
+def test_scored_speech_has_no_dropout_in_training_mode(setup):
+    """Discovery runs while the model is in training mode: the clips' speech it scores is the eval-mode speech."""
+    model, tok, sym, cfg, book, prompts, transform, val = setup
+    scorer = TaskLossScorer(model, val, transform, prompts, book, samples_per_label=4)
+    pool = scorer._pools_of(cfg.labels[0])[0]
+    batch = SpeechCollator(prompts, transform)(pool.items)
+    with torch.no_grad():
+        want = model.encode_speech(batch["wav"], batch["wav_lengths"])
+        model.train()
+        try:
+            assert model.speech_qformer.training  # the speech path trains: its dropout is live
+            assert not torch.allclose(model.encode_speech(batch["wav"], batch["wav_lengths"]), want)
+            got = scorer._speech(pool)
+            assert model.speech_qformer.training
+        finally:
+            model.eval()
+    torch.testing.assert_close(got, want)
+
+
 def test_likelihood_probes_of_other_words_run_the_prompts_once(setup):
     """A probe of a word that is not the current symbol reuses one pass over the search half's prompts and runs
     only the word's tokens: the proposals of a full teacher-forced pass over prompt + word + EOS."""
