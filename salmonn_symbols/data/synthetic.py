@@ -41,6 +41,7 @@ import torchaudio.functional as AF
 import yaml
 
 from ..io import atomic_write, atomic_write_text
+from .grammar import sentences
 
 __all__ = ["COMMAND_WORDS", "SAMPLE_RATE", "SPLITS", "TASKS", "make_dataset"]
 
@@ -127,8 +128,6 @@ def _plan_speaker(rng: random.Random, split: str, k: int, labels: Sequence[str])
     # different pitch and speed, as a person would, so it is a new clip and not a byte-identical copy. The first
     # pass over the sentences keeps the profile exactly (so small sets are unchanged); the jitter stays well
     # inside the gaps between the profiles.
-    from .sentences import sentences  # it renders with this module's espeak-ng helpers
-
     pool = _held_out(sentences(_SPEAKER_SENTENCES, seed=_SPEAKER_SEED), split)
     out: dict[str, list[_Clip]] = {}
     for lab in labels:
