@@ -345,15 +345,18 @@ class SpeechLLM(nn.Module):
     def encode_prompt(self, batch: dict[str, Tensor], speech: Tensor, symbol_mode: str = "raw") -> PromptState:
         """One pass over prompt rows (``prefix_ids``, prompt-only ``text_ids`` / ``text_mask``), keeping what
         `continue_prompt` needs to score continuations without computing the prompt again."""
-        base = self.llm.get_base_model()
         if not self.keeps_prompts:
             raise ValueError("encode_prompt needs a LLaMA-style decoder (rotary_emb, layers, norm)")
         prompt = dict(batch, labels=torch.full_like(batch["text_ids"], -100))
         embeds, _ = self.embed_inputs(prompt, speech, symbol_mode, 0.1)  # (B, S, H)
-        kv = PromptKV()
-        hidden = decode(base.get_decoder(), embeds, kv=kv)  # (B, S, H)
-        kv.frozen = True
         lengths = embeds.shape[1] - batch["text_ids"].shape[1] + batch["text_mask"].sum(1)  # (B,)
+        return self._keep(embeds, lengths)
+
+    def _keep(self, embeds: Tensor, lengths: Tensor) -> PromptState:
+        """One pass over right-padded rows (``lengths`` (B,) real), keeping every layer's keys and values."""
+        kv = PromptKV()
+        hidden = decode(self.llm.get_base_model().get_decoder(), embeds, kv=kv)  # (B, S, H)
+        kv.frozen = True
         last = hidden.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, hidden.shape[-1]))  # (B, 1, H)
         return PromptState(kv, lengths, embeds.shape[1], last)
 
@@ -361,12 +364,8 @@ class SpeechLLM(nn.Module):
     def encode_head(self, batch: dict[str, Tensor], speech: Tensor) -> PromptState:
         """One pass over the rows' [prefix ‖ kept speech] (``prefix_ids``, ``max_wav_len``), keeping what
         `score_text` needs to score any text after it without computing this part again."""
-        head = self._embed_head(batch, speech)  # (B, S, H)
-        kv = PromptKV()
-        hidden = decode(self.llm.get_base_model().get_decoder(), head, kv=kv)  # (B, S, H)
-        kv.frozen = True
-        lengths = torch.full((head.shape[0],), head.shape[1], device=head.device)
-        return PromptState(kv, lengths, head.shape[1], hidden[:, -1:])
+        head = self._embed_head(batch, speech)  # (B, S, H): every row the same length
+        return self._keep(head, torch.full((head.shape[0],), head.shape[1], device=head.device))
 
     @torch.no_grad()
     def score_text(self, state: PromptState, batch: dict[str, Tensor], symbol_mode: str = "raw") -> Tensor:
